@@ -1,0 +1,31 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The pinned CPU build is installed first when torch is missing, so the `torch>=2.2` range in
+# pyproject is already satisfied and pip never pulls the multi-GB CUDA wheels.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: venv demo test lint clean
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_PIN)"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.stamp
+
+demo: venv
+	$(VENV)/bin/nsrep demo
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,289 @@
+"""Branch modules: the parallel paths of a unit, each a chain of linear layers that can fold itself.
+
+A branch maps a 4-D batch ``(N, C_in, H, W)`` to ``(N, C_out, H', W')``; the unit calls it on the free view
+``(S*B, C, H, W)`` of its stream set. ``fold()`` returns the branch's eval-mode affine map as a kernel in the
+unit's k×k space (unit padding, stride and dilation) plus a bias, which is all a unit needs to add branches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from nsrep import kernels
+
+__all__ = [
+    "BNAndPad",
+    "Branch",
+    "ConvBN",
+    "ConvBNAvgBN",
+    "ConvBNConvBN",
+    "ConvGeometry",
+    "IdentityBN",
+]
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Shape of the convolution a unit replaces; every branch of the unit produces this conv's output."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @classmethod
+    def make(
+        cls,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | None = None,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+    ) -> ConvGeometry:
+        """Normalise conv arguments; ``padding=None`` means "same" padding ``dilation * (k - 1) // 2``."""
+        k, d = _pair(kernel_size), _pair(dilation)
+        p = tuple(di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True)) if padding is None else _pair(padding)
+        geom = cls(in_channels, out_channels, k, _pair(stride), p, d, groups)
+        geom.validate()
+        return geom
+
+    def validate(self) -> None:
+        for name in ("in_channels", "out_channels", "groups"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"groups={self.groups} must divide in_channels={self.in_channels} "
+                f"and out_channels={self.out_channels}"
+            )
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
+            raise ValueError(f"invalid conv geometry {self}")
+
+    @property
+    def is_pointwise(self) -> bool:
+        return self.kernel_size == (1, 1)
+
+    @property
+    def identity_is_legal(self) -> bool:
+        """An identity branch needs the same channels, stride 1 and "same" padding with an odd kernel."""
+        same = all(
+            k % 2 == 1 and p == d * (k - 1) // 2
+            for k, p, d in zip(self.kernel_size, self.padding, self.dilation, strict=True)
+        )
+        return self.in_channels == self.out_channels and self.stride == (1, 1) and same
+
+    def branch_padding(self, kernel_size: tuple[int, int]) -> tuple[int, int]:
+        """Padding that centres a smaller branch kernel inside the unit's kernel (may be negative: crop)."""
+        pads = []
+        for big, small, p, d in zip(self.kernel_size, kernel_size, self.padding, self.dilation, strict=True):
+            if (big - small) % 2:
+                raise ValueError(
+                    f"a {kernel_size[0]}x{kernel_size[1]} branch cannot be centred in a "
+                    f"{self.kernel_size[0]}x{self.kernel_size[1]} kernel (use an odd kernel size)"
+                )
+            pads.append(p - d * (big - small) // 2)
+        return pads[0], pads[1]
+
+
+class Branch(nn.Module):
+    """One parallel path of a unit. Subclasses implement ``forward`` and ``fold``."""
+
+    geometry: ConvGeometry
+
+    def fold(self) -> tuple[Tensor, Tensor]:
+        """Eval-mode affine map of the branch as ``(kernel (C_out, C_in/g, kh, kw), bias (C_out,))``."""
+        raise NotImplementedError
+
+
+def _eval_affine(bn: nn.BatchNorm2d, where: str) -> tuple[Tensor, Tensor]:
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"{where}: a BatchNorm without running statistics (track_running_stats=False) cannot fold")
+    return kernels.bn_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+
+def _fuse(kernel: Tensor, bn: nn.BatchNorm2d, where: str) -> tuple[Tensor, Tensor]:
+    scale, shift = _eval_affine(bn, where)
+    return kernel * scale.reshape(-1, 1, 1, 1), shift
+
+
+class BNAndPad(nn.BatchNorm2d):
+    """BatchNorm whose output is padded with the BN shift instead of zeros (DBB's "BN-and-pad").
+
+    Padding with the value BN gives a zero input makes a following k×k conv see exactly what the folded conv
+    sees at the borders. In train mode the shift comes from the batch statistics (the authors' code pads with
+    running statistics even then; we keep the branch one affine map of its input, see DESIGN §4).
+    """
+
+    def __init__(self, num_features: int, pad: tuple[int, int], **kwargs) -> None:
+        super().__init__(num_features, **kwargs)
+        self.pad = pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.track_running_stats:
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+            self._update_running_stats(mean, var, x.numel() // x.shape[1])
+        elif self.running_mean is None or self.running_var is None:
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale, shift = kernels.bn_affine(mean, var, self.weight, self.bias, self.eps)
+        y = x * scale.reshape(1, -1, 1, 1)
+        ph, pw = self.pad
+        if ph or pw:
+            y = F.pad(y, [pw, pw, ph, ph])
+        return y + shift.reshape(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: int) -> None:
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * (count / max(count - 1, 1))
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+
+
+class ConvBN(Branch):
+    """A (kh×kw) conv followed by BN: the k×k, 1×1, 1×k and k×1 branches of every family."""
+
+    def __init__(self, geometry: ConvGeometry, kernel_size: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.geometry = geometry
+        kernel_size = geometry.kernel_size if kernel_size is None else _pair(kernel_size)
+        ph, pw = geometry.branch_padding(kernel_size)
+        # A negative padding means the smaller kernel must skip input rows/cols the unit's padding never reaches.
+        self.crop = (max(-ph, 0), max(-pw, 0))
+        self.conv = nn.Conv2d(
+            geometry.in_channels,
+            geometry.out_channels,
+            kernel_size,
+            stride=geometry.stride,
+            padding=(max(ph, 0), max(pw, 0)),
+            dilation=geometry.dilation,
+            groups=geometry.groups,
+            bias=False,
+        )
+        self.bn = nn.BatchNorm2d(geometry.out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ch, cw = self.crop
+        if ch or cw:
+            x = x[..., ch : x.shape[-2] - ch, cw : x.shape[-1] - cw]
+        return self.bn(self.conv(x))
+
+    def fold(self) -> tuple[Tensor, Tensor]:
+        kernel, bias = _fuse(self.conv.weight, self.bn, type(self).__name__)
+        return kernels.pad_kernel_to(kernel, self.geometry.kernel_size), bias
+
+
+class IdentityBN(Branch):
+    """BN on the unit's input (RepVGG / MobileOne skip branch); legal only where the unit keeps the shape."""
+
+    def __init__(self, geometry: ConvGeometry) -> None:
+        super().__init__()
+        if not geometry.identity_is_legal:
+            raise ValueError(f"an identity branch needs in==out channels, stride 1 and same padding: {geometry}")
+        self.geometry = geometry
+        self.bn = nn.BatchNorm2d(geometry.out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(x)
+
+    def fold(self) -> tuple[Tensor, Tensor]:
+        g = self.geometry
+        scale, shift = _eval_affine(self.bn, type(self).__name__)
+        eye = kernels.identity_kernel(g.out_channels, g.groups, g.kernel_size, like=scale)
+        return eye * scale.reshape(-1, 1, 1, 1), shift
+
+
+class _OneByOneThen(Branch):
+    """Shared front of the sequential branches: 1×1 conv (groups kept) -> BN-and-pad with the unit padding."""
+
+    def __init__(self, geometry: ConvGeometry, hidden: int, identity_init: bool) -> None:
+        super().__init__()
+        if hidden % geometry.groups:
+            raise ValueError(f"hidden width {hidden} must be divisible by groups={geometry.groups}")
+        self.geometry = geometry
+        self.hidden = hidden
+        self.conv1 = nn.Conv2d(geometry.in_channels, hidden, 1, groups=geometry.groups, bias=False)
+        # DBB's identity-based 1×1: the kernel is ``weight + I`` with weight starting at zero, so the branch
+        # starts as a plain k×k conv of its input and learns a correction.
+        self.identity_init = identity_init and hidden == geometry.in_channels
+        if self.identity_init:
+            nn.init.zeros_(self.conv1.weight)
+            eye = kernels.identity_kernel(hidden, geometry.groups, (1, 1), like=self.conv1.weight)
+            self.register_buffer("eye", eye, persistent=False)
+        self.bn1 = BNAndPad(hidden, pad=geometry.padding)
+
+    def kernel1(self) -> Tensor:
+        return self.conv1.weight + self.eye if self.identity_init else self.conv1.weight
+
+    def front(self, x: Tensor) -> Tensor:
+        return self.bn1(F.conv2d(x, self.kernel1(), groups=self.geometry.groups))
+
+    def folded_front(self) -> tuple[Tensor, Tensor]:
+        return _fuse(self.kernel1(), self.bn1, type(self).__name__)
+
+
+class ConvBNConvBN(_OneByOneThen):
+    """1×1 conv -> BN-and-pad -> k×k conv -> BN (DBB's 1×1-k×k branch; the NS block's 2× and 4× branches)."""
+
+    def __init__(self, geometry: ConvGeometry, hidden: int, identity_init: bool = False) -> None:
+        super().__init__(geometry, hidden, identity_init)
+        self.conv2 = nn.Conv2d(
+            hidden,
+            geometry.out_channels,
+            geometry.kernel_size,
+            stride=geometry.stride,
+            dilation=geometry.dilation,
+            groups=geometry.groups,
+            bias=False,
+        )
+        self.bn2 = nn.BatchNorm2d(geometry.out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn2(self.conv2(self.front(x)))
+
+    def fold(self) -> tuple[Tensor, Tensor]:
+        k1, b1 = self.folded_front()
+        k2, b2 = _fuse(self.conv2.weight, self.bn2, type(self).__name__)
+        return kernels.compose_1x1_kxk(k1, b1, k2, b2, self.geometry.groups)
+
+
+class ConvBNAvgBN(_OneByOneThen):
+    """1×1 conv -> BN-and-pad -> k×k average pool -> BN (DBB's pooling branch; the NS block's strided 1×1)."""
+
+    def __init__(self, geometry: ConvGeometry) -> None:
+        super().__init__(geometry, hidden=geometry.out_channels, identity_init=False)
+        self.bn2 = nn.BatchNorm2d(geometry.out_channels)
+
+    def _avg_kernel(self, like: Tensor) -> Tensor:
+        g = self.geometry
+        if g.kernel_size[0] != g.kernel_size[1]:
+            raise ValueError(f"the average-pool branch needs a square kernel, got {g.kernel_size}")
+        return kernels.avg_pool_kernel(g.out_channels, g.groups, g.kernel_size[0], like=like)
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = self.geometry
+        y = self.front(x)
+        if g.dilation == (1, 1):
+            y = F.avg_pool2d(y, g.kernel_size, stride=g.stride)
+        else:  # a dilated average is not a PyTorch pool, but it is a fixed depthwise conv
+            kernel = y.new_full((g.out_channels, 1, *g.kernel_size), 1.0 / (g.kernel_size[0] * g.kernel_size[1]))
+            y = F.conv2d(y, kernel, stride=g.stride, dilation=g.dilation, groups=g.out_channels)
+        return self.bn2(y)
+
+    def fold(self) -> tuple[Tensor, Tensor]:
+        k1, b1 = self.folded_front()
+        scale, shift = _eval_affine(self.bn2, type(self).__name__)
+        avg = self._avg_kernel(k1) * scale.reshape(-1, 1, 1, 1)
+        return kernels.compose_1x1_kxk(k1, b1, avg, shift, self.geometry.groups)

@@ -1,0 +1,69 @@
+"""How a unit's pairs ``p(k, s) = f_k(x_s)`` become output streams (paper Alg. 1, DESIGN §2).
+
+Pairs are indexed branch-major: pair ``k * S_in + s`` is branch k on stream s. A *partition* is a
+``(groups, pairs_per_group)`` index tensor that uses every pair exactly once; output stream j is the sum of
+the pairs in row j. Because it is a partition, the aggregate of the outputs is always the sum of all pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CONNECTIVITIES",
+    "drop_pairs",
+    "fixed_partition",
+    "group_pairs",
+    "out_streams",
+    "random_partition",
+]
+
+CONNECTIVITIES: tuple[str, ...] = ("block", "naive", "ns")
+
+
+def out_streams(connectivity: str, in_streams: int, num_branches: int) -> int:
+    """Streams a unit emits: block 1, naive S_in*K (every pair), ns K."""
+    return {"block": 1, "naive": in_streams * num_branches, "ns": num_branches}[connectivity]
+
+
+def fixed_partition(num_branches: int, in_streams: int, device: torch.device | None = None) -> Tensor:
+    """Group j = all pairs of branch j: ``y_j = sum_s f_j(x_s)``. Shape (K, S_in)."""
+    return torch.arange(num_branches * in_streams, device=device).view(num_branches, in_streams)
+
+
+def random_partition(
+    num_branches: int,
+    in_streams: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> Tensor:
+    """A uniformly random partition of the K*S_in pairs into K groups of S_in pairs. Shape (K, S_in).
+
+    Departure from the paper's Alg. 1 (two independently shuffled index matrices): independent shuffles can
+    take one pair twice and skip another, which changes the aggregate; one joint permutation cannot.
+    """
+    perm = torch.randperm(num_branches * in_streams, generator=generator)
+    return perm.to(device).view(num_branches, in_streams)
+
+
+def group_pairs(pairs: Tensor, partition: Tensor) -> Tensor:
+    """Sum pairs by group. pairs: (K, S_in, B, C, H, W); partition: (G, n) -> output (G, B, C, H, W)."""
+    flat = pairs.flatten(0, 1)  # (K*S_in, B, C, H, W), pair index k*S_in + s
+    groups, per_group = partition.shape
+    if groups * per_group != flat.shape[0]:
+        raise ValueError(f"partition of shape {tuple(partition.shape)} does not cover {flat.shape[0]} pairs")
+    if per_group == 1:
+        return flat.index_select(0, partition.flatten())
+    picked = flat.index_select(0, partition.flatten())
+    return picked.view(groups, per_group, *flat.shape[1:]).sum(1)
+
+
+def drop_pairs(pairs: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
+    """Drop-path on individual pairs: each (branch, stream, sample) is kept with prob 1-rate, scaled 1/(1-rate)."""
+    if rate <= 0.0:
+        return pairs
+    keep = 1.0 - rate
+    shape = pairs.shape[:3] + (1,) * (pairs.dim() - 3)
+    mask = torch.empty(shape, dtype=pairs.dtype, device=pairs.device).bernoulli_(keep, generator=generator)
+    return pairs * mask.div_(keep)

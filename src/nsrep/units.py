@@ -1,0 +1,203 @@
+"""Units: one re-parameterizable conv position — parallel branches plus a connectivity — folding to one conv.
+
+A unit receives a stream set ``(S_in, B, C, H, W)`` (a 4-D batch counts as one stream without the stream
+axis), evaluates every branch on every stream (``S_in * K`` pairs) and combines the pairs by its
+connectivity. ``S_in`` is a structural constant fixed when the network is built, never learnt from a forward
+(the authors' code sets it in ``forward``, so a freshly loaded checkpoint folds with wrong biases).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from nsrep import connectivity as conn
+from nsrep.branches import Branch, ConvGeometry
+from nsrep.families import FAMILIES, build_branches, resolve_num_branches
+from nsrep.validation import check_choice
+from nsrep.foldable import Foldable
+
+__all__ = ["RepConv2d", "UnitConfig", "make_deploy_conv"]
+
+DEFAULT_MAX_STREAMS = 64
+
+
+@dataclass(frozen=True)
+class UnitConfig:
+    """What every unit of a network shares: which branches, how pairs connect, and the regularisers."""
+
+    family: str = "dbb"
+    connectivity: str = "block"
+    stochastic: float = 1.0  # probability that a training forward draws a fresh random partition (ns only)
+    pair_drop: float = 0.0  # drop-path rate on individual pairs, training only
+    num_branches: int | None = None  # K for mobileone / convK / ns 1×1 units; None = family default
+    max_streams: int = DEFAULT_MAX_STREAMS  # refuse networks whose stream count would pass this
+
+    def __post_init__(self) -> None:
+        check_choice("family", self.family, FAMILIES)
+        check_choice("connectivity", self.connectivity, conn.CONNECTIVITIES)
+        resolve_num_branches(self.family, self.num_branches)
+        if not 0.0 <= self.stochastic <= 1.0:
+            raise ValueError(f"stochastic must be a probability in [0, 1], got {self.stochastic}")
+        if not 0.0 <= self.pair_drop < 1.0:
+            raise ValueError(f"pair_drop must be in [0, 1), got {self.pair_drop}")
+        if self.max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {self.max_streams}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_deploy_conv(geometry: ConvGeometry) -> nn.Conv2d:
+    """The deployed conv of a unit: built here for both ``deploy=True`` and ``fold()`` so they never differ."""
+    g = geometry
+    return nn.Conv2d(
+        g.in_channels,
+        g.out_channels,
+        g.kernel_size,
+        stride=g.stride,
+        padding=g.padding,
+        dilation=g.dilation,
+        groups=g.groups,
+        bias=True,
+    )
+
+
+class RepConv2d(Foldable):
+    """A re-parameterizable conv: branches of ``family`` joined by ``connectivity``; ``fold()`` -> ``nn.Conv2d``.
+
+    ``branches`` replaces the family's list with the caller's own modules (each must be a :class:`Branch`
+    to fold). Output streams: block 1, naive ``S_in*K``, ns ``K``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | None = None,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        *,
+        family: str = "dbb",
+        connectivity: str = "block",
+        in_streams: int = 1,
+        num_branches: int | None = None,
+        stochastic: float = 1.0,
+        pair_drop: float = 0.0,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        branches: Sequence[nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = UnitConfig(family, connectivity, stochastic, pair_drop, num_branches, max_streams)
+        if in_streams < 1:
+            raise ValueError(f"in_streams must be >= 1, got {in_streams}")
+        self.geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        if branches is None:
+            branches = build_branches(family, self.geometry, num_branches)
+        if len(branches) == 0:
+            raise ValueError("a unit needs at least one branch")
+        self.branches = nn.ModuleList(branches)
+        self.in_streams = in_streams
+        self.out_streams = conn.out_streams(connectivity, in_streams, len(self.branches))
+        if self.out_streams > max_streams:
+            raise ValueError(
+                f"{connectivity!r} connectivity with {in_streams} input streams and {len(self.branches)} branches "
+                f"would emit {self.out_streams} streams, past max_streams={max_streams}; "
+                "use connectivity='ns' (constant stream count) or a smaller network"
+            )
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.branches)
+
+    @property
+    def connectivity(self) -> str:
+        return self.config.connectivity
+
+    @property
+    def bias_multiplier(self) -> int:
+        """How often each branch bias enters the aggregate: block sums the inputs first (1); ns/naive S_in."""
+        return 1 if self.connectivity == "block" else self.in_streams
+
+    def forward(self, x: Tensor) -> Tensor:
+        single = x.dim() == 4
+        if single:
+            x = x.unsqueeze(0)
+        if x.dim() != 5 or x.shape[0] != self.in_streams:
+            raise ValueError(
+                f"{type(self).__name__} built for {self.in_streams} input streams got a tensor of shape "
+                f"{tuple(x.shape)}; expected (streams, batch, channels, height, width)"
+                + (" or a 4-D batch for one stream" if self.in_streams == 1 else "")
+            )
+        if self.connectivity == "block":
+            a = x.sum(0) if x.shape[0] > 1 else x[0]
+            y = sum(branch(a) for branch in self.branches).unsqueeze(0)
+        else:
+            y = self._branch_level(x)
+        return y[0] if single and y.shape[0] == 1 else y
+
+    def _branch_level(self, x: Tensor) -> Tensor:
+        s, b = x.shape[:2]
+        flat = x.reshape(s * b, *x.shape[2:])  # free view for contiguous stream sets: (S*B, C, H, W)
+        outs = [branch(flat) for branch in self.branches]
+        pairs = torch.stack(outs).view(len(outs), s, b, *outs[0].shape[1:])
+        # pairs: (K, S_in, B, C_out, H', W'), pair index k * S_in + s
+        if self.training:
+            pairs = conn.drop_pairs(pairs, self.config.pair_drop)
+        if self.connectivity == "naive":
+            return pairs.flatten(0, 1)
+        k = self.num_branches
+        if self.training and self.config.stochastic > 0 and torch.rand(()).item() < self.config.stochastic:
+            partition = conn.random_partition(k, s, device=x.device)
+        else:
+            partition = None
+        if partition is None:  # fixed grouping: output j = branch j over all streams
+            return pairs.sum(1)
+        return conn.group_pairs(pairs, partition)
+
+    @torch.no_grad()
+    def fold_affine(self) -> tuple[Tensor, Tensor]:
+        """Eval-mode ``(kernel, bias)`` of the aggregate: ``sum_k W_k`` and ``bias_multiplier * sum_k b_k``."""
+        kernel = bias = None
+        for i, branch in enumerate(self.branches):
+            if not isinstance(branch, Branch) or type(branch).fold is Branch.fold:
+                raise ValueError(
+                    f"branch {i} ({type(branch).__name__}) of this {self.config.family!r} unit cannot fold: "
+                    "it is not an nsrep Branch with a fold() giving (kernel, bias)"
+                )
+            k_i, b_i = branch.fold()
+            if k_i.shape != self._kernel_shape():
+                raise ValueError(
+                    f"branch {i} ({type(branch).__name__}) folds to a kernel of shape {tuple(k_i.shape)}, "
+                    f"expected {self._kernel_shape()}"
+                )
+            kernel = k_i if kernel is None else kernel + k_i
+            bias = b_i if bias is None else bias + b_i
+        return kernel, bias * self.bias_multiplier
+
+    def _kernel_shape(self) -> torch.Size:
+        g = self.geometry
+        return torch.Size((g.out_channels, g.in_channels // g.groups, *g.kernel_size))
+
+    def fold(self) -> nn.Conv2d:
+        """A new ``nn.Conv2d`` (with bias) computing this unit's aggregate in eval mode."""
+        kernel, bias = self.fold_affine()
+        conv = make_deploy_conv(self.geometry).to(device=kernel.device, dtype=kernel.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(kernel)
+            conv.bias.copy_(bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        g = self.geometry
+        return (
+            f"{g.in_channels}, {g.out_channels}, kernel_size={g.kernel_size}, stride={g.stride}, "
+            f"padding={g.padding}, dilation={g.dilation}, groups={g.groups}, family={self.config.family!r}, "
+            f"connectivity={self.connectivity!r}, streams={self.in_streams}->{self.out_streams}"
+        )
+
