@@ -220,6 +220,7 @@ class _OneByOneThen(Branch):
         self.identity_init = identity_init and hidden == geometry.in_channels
         if self.identity_init:
             nn.init.zeros_(self.conv1.weight)
+            self.conv1.nsrep_keep_init = True
             eye = kernels.identity_kernel(hidden, geometry.groups, (1, 1), like=self.conv1.weight)
             self.register_buffer("eye", eye, persistent=False)
         self.bn1 = BNAndPad(hidden, pad=geometry.padding)

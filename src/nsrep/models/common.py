@@ -1,0 +1,49 @@
+"""Pieces every architecture shares: channel scaling, weight init, the classification head."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from nsrep.models.factory import LayerFactory
+
+__all__ = ["ClassifierHead", "init_weights", "scale_channels"]
+
+STEMS = ("cifar", "imagenet")
+
+
+def scale_channels(channels: int, width_mult: float, divisor: int = 1) -> int:
+    """``channels * width_mult`` rounded to a multiple of ``divisor`` (at least ``divisor``)."""
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be > 0, got {width_mult}")
+    return max(divisor, int(channels * width_mult + divisor / 2) // divisor * divisor)
+
+
+def init_weights(model: nn.Module) -> None:
+    """He (fan-out) init for convs, unit BN affine, small normal for the classifier (torchvision's choice).
+
+    Convs flagged ``nsrep_keep_init`` (DBB's identity-based 1×1 starts at zero) keep their own init.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and not getattr(m, "nsrep_keep_init", False):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+class ClassifierHead(nn.Module):
+    """Sum the streams, then global average pool and a linear classifier (cheaper than per stream, same result)."""
+
+    def __init__(self, layers: LayerFactory, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.merge = layers.merge()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.merge(x)).flatten(1))

@@ -1,0 +1,93 @@
+"""The layer factory: block code asks it for units, activations, pools and adds, and never looks at the
+family or the connectivity itself. One model definition per architecture builds every variant this way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from nsrep.guided import GUIDED_ACTIVATIONS, GuidedMaxPool2d
+from nsrep.streams import Add, StreamAdd, StreamEntry, StreamSum
+from nsrep.units import RepConv2d, UnitConfig, make_deploy_conv
+from nsrep.branches import ConvGeometry
+from nsrep.validation import check_choice
+
+__all__ = ["LayerFactory"]
+
+_PLAIN_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "leaky_relu": nn.LeakyReLU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "hardswish": nn.Hardswish,
+}
+
+
+@dataclass(frozen=True)
+class LayerFactory:
+    """Builds the layers of one network variant: training form (units on stream sets) or ``deploy`` form."""
+
+    unit: UnitConfig = UnitConfig()
+    deploy: bool = False
+
+    def plain(self) -> LayerFactory:
+        """The same factory with plain one-branch block units (for a stem kept plain)."""
+        return replace(self, unit=replace(self.unit, family="plain", connectivity="block", num_branches=None))
+
+    def conv(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        *,
+        streams: int,
+    ) -> nn.Module:
+        """A unit with ``streams`` input streams (training form) or its deployed ``nn.Conv2d``."""
+        if self.deploy:
+            geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+            return make_deploy_conv(geometry)
+        u = self.unit
+        return RepConv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            family=u.family,
+            connectivity=u.connectivity,
+            in_streams=streams,
+            num_branches=u.num_branches,
+            stochastic=u.stochastic,
+            pair_drop=u.pair_drop,
+            max_streams=u.max_streams,
+        )
+
+    def act(self, name: str = "relu") -> nn.Module:
+        check_choice("activation", name, tuple(GUIDED_ACTIVATIONS))
+        return _PLAIN_ACTIVATIONS[name]() if self.deploy else GUIDED_ACTIVATIONS[name]()
+
+    def max_pool(self, kernel_size: int, stride: int, padding: int = 0) -> nn.Module:
+        if self.deploy:
+            return nn.MaxPool2d(kernel_size, stride, padding)
+        return GuidedMaxPool2d(kernel_size, stride, padding)
+
+    def add(self, a_streams: int, b_streams: int) -> nn.Module:
+        """Residual add of a main path with ``a_streams`` and a shortcut with ``b_streams`` streams."""
+        return Add() if self.deploy else StreamAdd(a_streams, b_streams, self.unit.max_streams)
+
+    def entry(self) -> nn.Module:
+        """Image batch -> one-stream set (identity when deployed)."""
+        return nn.Identity() if self.deploy else StreamEntry()
+
+    def merge(self) -> nn.Module:
+        """Sum the streams before the head (identity when deployed)."""
+        return nn.Identity() if self.deploy else StreamSum()

@@ -1,0 +1,76 @@
+"""Model registry: ``create_model`` by name with every family/connectivity variant, ``list_models``.
+
+Registration refuses duplicates; an unknown name or keyword gets the valid ones and the closest match.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from nsrep.models.factory import LayerFactory
+from nsrep.units import DEFAULT_MAX_STREAMS, UnitConfig
+from nsrep.validation import check_choice
+
+__all__ = ["create_model", "list_models", "register_model"]
+
+ModelBuilder = Callable[..., nn.Module]
+_REGISTRY: dict[str, tuple[ModelBuilder, tuple[str, ...]]] = {}
+
+
+def register_model(*, options: tuple[str, ...]) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register a keyword-only builder under its function name; ``options`` are the keywords it accepts."""
+
+    def decorator(fn: ModelBuilder) -> ModelBuilder:
+        if fn.__name__ in _REGISTRY:
+            raise ValueError(f"model {fn.__name__!r} is already registered")
+        _REGISTRY[fn.__name__] = (fn, options)
+        return fn
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names :func:`create_model` accepts."""
+    return sorted(_REGISTRY)
+
+
+def model_options(arch: str) -> tuple[str, ...]:
+    """Architecture-specific keywords of ``arch`` (beyond the unit options every model takes)."""
+    check_choice("architecture", arch, list_models())
+    return _REGISTRY[arch][1]
+
+
+def create_model(
+    arch: str,
+    *,
+    family: str = "plain",
+    connectivity: str = "block",
+    stochastic: float = 1.0,
+    pair_drop: float = 0.0,
+    num_branches: int | None = None,
+    max_streams: int = DEFAULT_MAX_STREAMS,
+    deploy: bool = False,
+    **options: Any,
+) -> nn.Module:
+    """Build ``arch`` with units of ``family`` joined by ``connectivity`` (or its fused plain form, ``deploy``).
+
+    ``options`` are the architecture's own keywords (``num_classes``, ``stem``, ``width_mult``, ...; see
+    :func:`model_options`). The returned model carries ``nsrep_config``, the keywords that rebuild it.
+    """
+    check_choice("architecture", arch, list_models())
+    builder, accepted = _REGISTRY[arch]
+    for key in options:
+        check_choice(f"option for {arch}", key, accepted)
+    unit = UnitConfig(family, connectivity, stochastic, pair_drop, num_branches, max_streams)
+    model = builder(layers=LayerFactory(unit, deploy=deploy), **options)
+    model.nsrep_config = {"arch": arch, **unit.to_dict(), **options}
+    return model
+
+
+def _signature_options(cls: type) -> tuple[str, ...]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "layers")

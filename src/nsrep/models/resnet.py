@@ -1,0 +1,136 @@
+"""ResNet and ResNeXt (He et al. 2016; Xie et al. 2017), one definition for every family and connectivity.
+
+Stream sets flow through the blocks as ``(S, B, C, H, W)`` in the training form and as plain ``(B, C, H, W)``
+batches in the deployed form; the blocks only thread stream *counts* (structural constants) through the
+factory. Stride sits on the 3×3 conv of the bottleneck (ResNet V1.5, as torchvision).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from nsrep.models.common import STEMS, ClassifierHead, init_weights, scale_channels
+from nsrep.models.factory import LayerFactory
+from nsrep.streams import streams_out
+from nsrep.validation import check_choice
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet"]
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(
+        self, layers: LayerFactory, in_ch: int, planes: int, stride: int, streams: int, groups: int, base_width: int
+    ) -> None:
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError(f"BasicBlock supports groups=1, width_per_group=64 only, got {groups}, {base_width}")
+        self.conv1 = layers.conv(in_ch, planes, 3, stride, streams=streams)
+        self.act1 = layers.act()
+        s = streams_out(self.conv1, streams)
+        self.conv2 = layers.conv(planes, planes, 3, streams=s)
+        self.shortcut = _shortcut(layers, in_ch, planes, stride, streams)
+        self.add = layers.add(streams_out(self.conv2, s), streams_out(self.shortcut, streams))
+        self.act2 = layers.act()
+        self.out_streams = streams_out(self.add, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv2(self.act1(self.conv1(x)))
+        return self.act2(self.add(out, self.shortcut(x)))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(
+        self, layers: LayerFactory, in_ch: int, planes: int, stride: int, streams: int, groups: int, base_width: int
+    ) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        if width < 1:
+            raise ValueError(f"bottleneck width is 0 for planes={planes}, width_per_group={base_width}")
+        out_ch = planes * self.expansion
+        self.conv1 = layers.conv(in_ch, width, 1, streams=streams)
+        self.act1 = layers.act()
+        s = streams_out(self.conv1, streams)
+        self.conv2 = layers.conv(width, width, 3, stride, groups=groups, streams=s)
+        self.act2 = layers.act()
+        s = streams_out(self.conv2, s)
+        self.conv3 = layers.conv(width, out_ch, 1, streams=s)
+        self.shortcut = _shortcut(layers, in_ch, out_ch, stride, streams)
+        self.add = layers.add(streams_out(self.conv3, s), streams_out(self.shortcut, streams))
+        self.act3 = layers.act()
+        self.out_streams = streams_out(self.add, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
+        return self.act3(self.add(out, self.shortcut(x)))
+
+
+def _shortcut(layers: LayerFactory, in_ch: int, out_ch: int, stride: int, streams: int) -> nn.Module:
+    """Identity, or a strided 1×1 unit where the shape changes (torchvision's downsample, BN folded in)."""
+    if stride == 1 and in_ch == out_ch:
+        return nn.Identity()
+    return layers.conv(in_ch, out_ch, 1, stride, streams=streams)
+
+
+class Stem(nn.Module):
+    """``cifar``: 3×3 stride 1, no pool. ``imagenet``: 7×7 stride 2 + 3×3 max-pool stride 2."""
+
+    def __init__(self, layers: LayerFactory, conv_layers: LayerFactory, kind: str, in_chans: int, out_ch: int):
+        super().__init__()
+        check_choice("stem", kind, STEMS)
+        self.entry = layers.entry()
+        if kind == "cifar":
+            self.conv = conv_layers.conv(in_chans, out_ch, 3, 1, streams=1)
+        else:
+            self.conv = conv_layers.conv(in_chans, out_ch, 7, 2, 3, streams=1)
+        self.act = layers.act()
+        self.pool = layers.max_pool(3, 2, 1) if kind == "imagenet" else nn.Identity()
+        self.out_streams = streams_out(self.conv, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.act(self.conv(self.entry(x))))
+
+
+class ResNet(nn.Module):
+    """ResNet-18/34/50/101 and ResNeXt; ``stem_unit=False`` keeps the stem a plain conv+BN."""
+
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        depths: tuple[int, ...],
+        *,
+        layers: LayerFactory,
+        num_classes: int = 1000,
+        stem: str = "imagenet",
+        in_chans: int = 3,
+        width_mult: float = 1.0,
+        stem_unit: bool = True,
+        groups: int = 1,
+        width_per_group: int = 64,
+    ) -> None:
+        super().__init__()
+        widths = [scale_channels(c, width_mult) for c in (64, 128, 256, 512)]
+        self.stem = Stem(layers, layers if stem_unit else layers.plain(), stem, in_chans, widths[0])
+        streams, in_ch = self.stem.out_streams, widths[0]
+        stages = []
+        for i, (planes, depth) in enumerate(zip(widths, depths, strict=True)):
+            blocks = []
+            for j in range(depth):
+                stride = 2 if i > 0 and j == 0 else 1
+                blk = block(layers, in_ch, planes, stride, streams, groups, width_per_group)
+                blocks.append(blk)
+                streams, in_ch = blk.out_streams, planes * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.head = ClassifierHead(layers, in_ch, num_classes)
+        init_weights(self)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Stem and stages: a stream set (training form) or a batch (deployed)."""
+        return self.stages(self.stem(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.forward_features(x))
