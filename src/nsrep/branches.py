@@ -63,8 +63,7 @@ class ConvGeometry:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(
-                f"groups={self.groups} must divide in_channels={self.in_channels} "
-                f"and out_channels={self.out_channels}"
+                f"groups={self.groups} must divide in_channels={self.in_channels} and out_channels={self.out_channels}"
             )
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
             raise ValueError(f"invalid conv geometry {self}")

@@ -139,18 +139,31 @@ class GuidedMaxPool2d(Foldable):
         ceil_mode: bool = False,
     ) -> None:
         super().__init__()
-        self.kernel_size, self.padding, self.dilation, self.ceil_mode = kernel_size, padding, dilation, ceil_mode
+        self.kernel_size, self.padding, self.dilation, self.ceil_mode = (
+            kernel_size,
+            padding,
+            dilation,
+            ceil_mode,
+        )
         self.stride = kernel_size if stride is None else stride
 
     def plain(self) -> nn.MaxPool2d:
         return nn.MaxPool2d(self.kernel_size, self.stride, self.padding, self.dilation, ceil_mode=self.ceil_mode)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4 or x.shape[0] == 1:
+        if x.dim() == 4:
             return self.plain()(x)
+        if x.shape[0] == 1:
+            return self.plain()(x[0]).unsqueeze(0)
         s, b, c, h, w = x.shape
         _, idx = F.max_pool2d(
-            x.sum(0), self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode, return_indices=True
+            x.sum(0),
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            return_indices=True,
         )
         ho, wo = idx.shape[-2:]
         idx = idx.reshape(1, b, c, ho * wo).expand(s, b, c, ho * wo)

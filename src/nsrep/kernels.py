@@ -63,9 +63,7 @@ def pad_kernel_to(kernel: Tensor, size: tuple[int, int]) -> Tensor:
     H, W = size
     dh, dw = H - kh, W - kw
     if dh < 0 or dw < 0 or dh % 2 or dw % 2:
-        raise ValueError(
-            f"cannot centre a {kh}x{kw} kernel in {H}x{W}: the size differences must be even and >= 0"
-        )
+        raise ValueError(f"cannot centre a {kh}x{kw} kernel in {H}x{W}: the size differences must be even and >= 0")
     if dh == 0 and dw == 0:
         return kernel
     return F.pad(kernel, [dw // 2, dw // 2, dh // 2, dh // 2])
@@ -95,9 +93,7 @@ def avg_pool_kernel(channels: int, groups: int, kernel_size: int, like: Tensor) 
     return kernel
 
 
-def compose_1x1_kxk(
-    k1: Tensor, b1: Tensor, k2: Tensor, b2: Tensor, groups: int
-) -> tuple[Tensor, Tensor]:
+def compose_1x1_kxk(k1: Tensor, b1: Tensor, k2: Tensor, b2: Tensor, groups: int) -> tuple[Tensor, Tensor]:
     """Merge ``x -> conv_k2(conv_1x1_k1(x) + b1) + b2`` into one k×k conv, both convs with ``groups``.
 
     k1: (M, C_in/g, 1, 1), b1: (M,), k2: (C_out, M/g, kh, kw), b2: (C_out,). Exact at the borders only if the

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from nsrep import connectivity as conn
 from nsrep.branches import Branch, ConvGeometry
 from nsrep.families import FAMILIES, build_branches, resolve_num_branches
-from nsrep.validation import check_choice
 from nsrep.foldable import Foldable
+from nsrep.validation import check_choice
 
 __all__ = ["RepConv2d", "UnitConfig", "make_deploy_conv"]
 
@@ -200,4 +200,3 @@ class RepConv2d(Foldable):
             f"padding={g.padding}, dilation={g.dilation}, groups={g.groups}, family={self.config.family!r}, "
             f"connectivity={self.connectivity!r}, streams={self.in_streams}->{self.out_streams}"
         )
-

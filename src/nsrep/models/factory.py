@@ -4,14 +4,14 @@ family or the connectivity itself. One model definition per architecture builds 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
+from nsrep.branches import ConvGeometry
 from nsrep.guided import GUIDED_ACTIVATIONS, GuidedMaxPool2d
 from nsrep.streams import Add, StreamAdd, StreamEntry, StreamSum
 from nsrep.units import RepConv2d, UnitConfig, make_deploy_conv
-from nsrep.branches import ConvGeometry
 from nsrep.validation import check_choice
 
 __all__ = ["LayerFactory"]
@@ -30,7 +30,7 @@ _PLAIN_ACTIVATIONS = {
 class LayerFactory:
     """Builds the layers of one network variant: training form (units on stream sets) or ``deploy`` form."""
 
-    unit: UnitConfig = UnitConfig()
+    unit: UnitConfig = field(default_factory=UnitConfig)
     deploy: bool = False
 
     def plain(self) -> LayerFactory:

@@ -21,7 +21,14 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(
-        self, layers: LayerFactory, in_ch: int, planes: int, stride: int, streams: int, groups: int, base_width: int
+        self,
+        layers: LayerFactory,
+        in_ch: int,
+        planes: int,
+        stride: int,
+        streams: int,
+        groups: int,
+        base_width: int,
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
@@ -44,7 +51,14 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(
-        self, layers: LayerFactory, in_ch: int, planes: int, stride: int, streams: int, groups: int, base_width: int
+        self,
+        layers: LayerFactory,
+        in_ch: int,
+        planes: int,
+        stride: int,
+        streams: int,
+        groups: int,
+        base_width: int,
     ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups

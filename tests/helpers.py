@@ -1,0 +1,76 @@
+"""Shared test helpers: real training steps before folding, and the float64/float32 equivalence check."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nsrep
+
+F64_TOL = 1e-10
+F32_TOL = 1e-4
+
+
+def train_steps(
+    model: nn.Module, make_input, steps: int = 3, lr: float = 0.05, loss_fn=None, calibrate: int = 2
+) -> None:
+    """A few SGD steps in train mode, then BN running statistics re-estimated on ``calibrate`` batches.
+
+    The steps move weights and statistics away from their init. Re-estimating the statistics (cumulative
+    average, as after a real training run) keeps a deep net's eval outputs at a sane scale: after only three
+    momentum-0.1 updates a 100-layer net's running statistics are mostly the init values and its eval output
+    overflows float32.
+    """
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for _ in range(steps):
+        out = model(make_input())
+        loss = loss_fn(out) if loss_fn else (out.float() ** 2).mean() + out.float().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if calibrate:
+        recalibrate_bn(model, make_input, calibrate)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, make_input, batches: int) -> None:
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    for _ in range(batches):
+        model(make_input())
+    for bn, momentum in zip(bns, momenta, strict=True):
+        bn.momentum = momentum
+
+
+def classification_loss(num_classes: int):
+    def loss(out):
+        target = torch.arange(out.shape[0]) % num_classes
+        return F.cross_entropy(out, target)
+
+    return loss
+
+
+def assert_folds(model: nn.Module, make_input) -> nn.Module:
+    """Check the eval-mode training form against its folded form in float64 and float32; return the f64 fold."""
+    model64 = model.double()
+    deployed = nsrep.reparameterize(model64)
+    x = make_input().double()
+    eq = nsrep.verify_equivalence(model64, deployed, x)
+    assert eq.max_rel_error <= F64_TOL, f"float64: {eq}"
+
+    model32 = copy.deepcopy(model64).float()
+    deployed32 = nsrep.reparameterize(model32)
+    eq32 = nsrep.verify_equivalence(model32, deployed32, x.float())
+    assert eq32.max_rel_error <= F32_TOL, f"float32: {eq32}"
+    return deployed
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
