@@ -95,7 +95,7 @@ def test_streams_per_stage():
     ]
     block = nsrep.create_model("mobilenet_v1", family="dbb", connectivity="block", **SMALL)
     stages = streams_per_stage(block, 16)
-    assert [name for name, _, _ in stages] == ["stem", *(f"blocks.{i}" for i in range(13))]
+    assert [name for name, _, _ in stages] == ["stem", *(f"stages.{i}" for i in range(13))]
     assert {s for _, s, _ in stages} == {1}
 
 

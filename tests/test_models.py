@@ -146,9 +146,12 @@ def test_nsrep_config_rebuilds_the_model():
     model = nsrep.create_model("resnet34", family="mobileone", connectivity="ns", num_branches=2, width_mult=0.125)
     config = model.nsrep_config
     assert config["arch"] == "resnet34" and config["num_branches"] == 2
+    assert config["deploy"] is False
     rebuilt = nsrep.create_model(**config)
     rebuilt.load_state_dict(model.state_dict(), strict=True)
-    nsrep.create_model(**{**config, "deploy": True}).load_state_dict(nsrep.reparameterize(model).state_dict())
+    deployed = nsrep.reparameterize(model)
+    assert deployed.nsrep_config == {**config, "deploy": True}
+    nsrep.create_model(**deployed.nsrep_config).load_state_dict(deployed.state_dict())
 
 
 def test_streams_flow_as_built():

@@ -33,17 +33,22 @@ __all__ = [
 
 
 class GuidedActivation(Foldable):
-    """``x_s -> x_s * g(A)`` over a stream set (S, B, ...); subclasses give ``gate`` and the plain module."""
+    """``x_s -> x_s * g(A)`` over a stream set (S, B, ...). Subclasses give ``gate`` (g), ``activate`` (the
+    plain function, used for one stream or a 4-D batch, where the guided op is exactly the plain op) and
+    ``plain`` (the deploy module)."""
 
     def gate(self, a: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def activate(self, a: Tensor) -> Tensor:
         raise NotImplementedError
 
     def plain(self) -> nn.Module:
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4 or x.shape[0] == 1:  # one stream: the guided op is the plain op
-            return self.plain()(x)
+        if x.dim() == 4 or x.shape[0] == 1:
+            return self.activate(x)
         return x * self.gate(x.sum(0)).unsqueeze(0)
 
     def fold(self) -> nn.Module:
@@ -55,6 +60,9 @@ class GuidedReLU(GuidedActivation):
 
     def gate(self, a: Tensor) -> Tensor:
         return (a > 0).to(a.dtype)
+
+    def activate(self, a: Tensor) -> Tensor:
+        return F.relu(a)
 
     def plain(self) -> nn.Module:
         return nn.ReLU()
@@ -68,6 +76,9 @@ class GuidedLeakyReLU(GuidedActivation):
     def gate(self, a: Tensor) -> Tensor:
         return torch.where(a > 0, torch.ones_like(a), torch.full_like(a, self.negative_slope))
 
+    def activate(self, a: Tensor) -> Tensor:
+        return F.leaky_relu(a, self.negative_slope)
+
     def plain(self) -> nn.Module:
         return nn.LeakyReLU(self.negative_slope)
 
@@ -78,6 +89,9 @@ class GuidedLeakyReLU(GuidedActivation):
 class GuidedSiLU(GuidedActivation):
     def gate(self, a: Tensor) -> Tensor:
         return torch.sigmoid(a)
+
+    def activate(self, a: Tensor) -> Tensor:
+        return F.silu(a)
 
     def plain(self) -> nn.Module:
         return nn.SiLU()
@@ -97,6 +111,9 @@ class GuidedGELU(GuidedActivation):
             return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (a + 0.044715 * a.pow(3))))
         return 0.5 * (1.0 + torch.erf(a / math.sqrt(2.0)))
 
+    def activate(self, a: Tensor) -> Tensor:
+        return F.gelu(a, approximate=self.approximate)
+
     def plain(self) -> nn.Module:
         return nn.GELU(approximate=self.approximate)
 
@@ -108,6 +125,9 @@ class GuidedHardswish(GuidedActivation):
     def gate(self, a: Tensor) -> Tensor:
         return F.relu6(a + 3.0) / 6.0
 
+    def activate(self, a: Tensor) -> Tensor:
+        return F.hardswish(a)
+
     def plain(self) -> nn.Module:
         return nn.Hardswish()
 
@@ -115,12 +135,15 @@ class GuidedHardswish(GuidedActivation):
 class GuidedReLU6(GuidedActivation):
     """ReLU6(a) = a * 1[0 < a < 6] + 6 * 1[a >= 6]: the constant part is split as ``6/S`` over the streams."""
 
+    def activate(self, a: Tensor) -> Tensor:
+        return F.relu6(a)
+
     def plain(self) -> nn.Module:
         return nn.ReLU6()
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4 or x.shape[0] == 1:
-            return F.relu6(x)
+            return self.activate(x)
         a = x.sum(0)
         linear = ((a > 0) & (a < 6)).to(x.dtype)
         saturated = (a >= 6).to(x.dtype) * (6.0 / x.shape[0])
@@ -150,11 +173,14 @@ class GuidedMaxPool2d(Foldable):
     def plain(self) -> nn.MaxPool2d:
         return nn.MaxPool2d(self.kernel_size, self.stride, self.padding, self.dilation, ceil_mode=self.ceil_mode)
 
+    def _pool(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:
-            return self.plain()(x)
+            return self._pool(x)
         if x.shape[0] == 1:
-            return self.plain()(x[0]).unsqueeze(0)
+            return self._pool(x[0]).unsqueeze(0)
         s, b, c, h, w = x.shape
         _, idx = F.max_pool2d(
             x.sum(0),

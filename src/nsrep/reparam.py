@@ -47,6 +47,9 @@ def reparameterize(model: nn.Module) -> nn.Module:
     if isinstance(deployed, Foldable):
         return deployed.fold().eval()
     _swap_foldables(deployed, "")
+    config = getattr(deployed, "nsrep_config", None)
+    if isinstance(config, dict):  # the deployed net is rebuilt by the same keywords with deploy=True
+        deployed.nsrep_config = {**config, "deploy": True}
     return deployed.eval()
 
 

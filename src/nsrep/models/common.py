@@ -5,8 +5,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from nsrep.models.factory import LayerFactory
+from nsrep.streams import streams_out
 
-__all__ = ["ClassifierHead", "init_weights", "scale_channels"]
+__all__ = ["ClassifierHead", "Stem", "init_weights", "scale_channels"]
 
 STEMS = ("cifar", "imagenet")
 
@@ -47,3 +48,30 @@ class ClassifierHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.pool(self.merge(x)).flatten(1))
+
+
+class Stem(nn.Module):
+    """Image batch -> stream set -> first conv unit (or a plain conv+BN) -> activation -> optional max-pool.
+
+    ``conv_layers`` is the factory for the stem conv alone, so the stem can stay plain (``stem_unit=False``).
+    """
+
+    def __init__(
+        self,
+        layers: LayerFactory,
+        conv_layers: LayerFactory,
+        in_chans: int,
+        out_ch: int,
+        kernel_size: int,
+        stride: int,
+        max_pool: bool,
+    ) -> None:
+        super().__init__()
+        self.entry = layers.entry()
+        self.conv = conv_layers.conv(in_chans, out_ch, kernel_size, stride, streams=1)
+        self.act = layers.act()
+        self.pool = layers.max_pool(3, 2, 1) if max_pool else nn.Identity()
+        self.out_streams = streams_out(self.conv, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.act(self.conv(self.entry(x))))

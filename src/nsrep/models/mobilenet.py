@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from nsrep.models.common import STEMS, ClassifierHead, init_weights, scale_channels
+from nsrep.models.common import STEMS, ClassifierHead, Stem, init_weights, scale_channels
 from nsrep.models.factory import LayerFactory
 from nsrep.streams import streams_out
 from nsrep.validation import check_choice
@@ -48,10 +48,9 @@ class MobileNetV1(nn.Module):
     ) -> None:
         super().__init__()
         check_choice("stem", stem, STEMS)
-        self.entry = layers.entry()
         ch = scale_channels(32, width_mult)
         stem_layers = layers if stem_unit else layers.plain()
-        self.stem = ConvAct(stem_layers, in_chans, ch, 3, 2 if stem == "imagenet" else 1, 1, streams=1)
+        self.stem = Stem(layers, stem_layers, in_chans, ch, 3, 2 if stem == "imagenet" else 1, max_pool=False)
         streams = self.stem.out_streams
         blocks = []
         for out, stride in MOBILENET_V1_BLOCKS:
@@ -60,12 +59,12 @@ class MobileNetV1(nn.Module):
             pw = ConvAct(layers, ch, out, 1, 1, 1, dw.out_streams)
             blocks.append(nn.Sequential(dw, pw))
             ch, streams = out, pw.out_streams
-        self.blocks = nn.Sequential(*blocks)
+        self.stages = nn.Sequential(*blocks)
         self.head = ClassifierHead(layers, ch, num_classes)
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.blocks(self.stem(self.entry(x)))
+        return self.stages(self.stem(x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))

@@ -67,7 +67,7 @@ def create_model(
         check_choice(f"option for {arch}", key, accepted)
     unit = UnitConfig(family, connectivity, stochastic, pair_drop, num_branches, max_streams)
     model = builder(layers=LayerFactory(unit, deploy=deploy), **options)
-    model.nsrep_config = {"arch": arch, **unit.to_dict(), **options}
+    model.nsrep_config = {"arch": arch, **unit.to_dict(), "deploy": deploy, **options}
     return model
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from nsrep.models.common import STEMS, ClassifierHead, init_weights, scale_channels
+from nsrep.models.common import STEMS, ClassifierHead, Stem, init_weights, scale_channels
 from nsrep.models.factory import LayerFactory
 from nsrep.streams import streams_out
 from nsrep.validation import check_choice
@@ -89,25 +89,6 @@ def _shortcut(layers: LayerFactory, in_ch: int, out_ch: int, stride: int, stream
     return layers.conv(in_ch, out_ch, 1, stride, streams=streams)
 
 
-class Stem(nn.Module):
-    """``cifar``: 3×3 stride 1, no pool. ``imagenet``: 7×7 stride 2 + 3×3 max-pool stride 2."""
-
-    def __init__(self, layers: LayerFactory, conv_layers: LayerFactory, kind: str, in_chans: int, out_ch: int):
-        super().__init__()
-        check_choice("stem", kind, STEMS)
-        self.entry = layers.entry()
-        if kind == "cifar":
-            self.conv = conv_layers.conv(in_chans, out_ch, 3, 1, streams=1)
-        else:
-            self.conv = conv_layers.conv(in_chans, out_ch, 7, 2, 3, streams=1)
-        self.act = layers.act()
-        self.pool = layers.max_pool(3, 2, 1) if kind == "imagenet" else nn.Identity()
-        self.out_streams = streams_out(self.conv, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.act(self.conv(self.entry(x))))
-
-
 class ResNet(nn.Module):
     """ResNet-18/34/50/101 and ResNeXt; ``stem_unit=False`` keeps the stem a plain conv+BN."""
 
@@ -126,8 +107,12 @@ class ResNet(nn.Module):
         width_per_group: int = 64,
     ) -> None:
         super().__init__()
+        check_choice("stem", stem, STEMS)
         widths = [scale_channels(c, width_mult) for c in (64, 128, 256, 512)]
-        self.stem = Stem(layers, layers if stem_unit else layers.plain(), stem, in_chans, widths[0])
+        # cifar: 3×3 stride 1, no pool; imagenet: 7×7 stride 2 + 3×3 max-pool stride 2
+        kernel, stride, pool = (3, 1, False) if stem == "cifar" else (7, 2, True)
+        stem_layers = layers if stem_unit else layers.plain()
+        self.stem = Stem(layers, stem_layers, in_chans, widths[0], kernel, stride, pool)
         streams, in_ch = self.stem.out_streams, widths[0]
         stages = []
         for i, (planes, depth) in enumerate(zip(widths, depths, strict=True)):
