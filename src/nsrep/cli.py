@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from nsrep.connectivity import CONNECTIVITIES
 from nsrep.families import DEFAULT_NUM_BRANCHES, FAMILIES
@@ -169,11 +170,7 @@ def format_demo(results: Sequence[DemoResult]) -> str:
 
 
 def _progress(items: Sequence[Any], desc: str) -> Iterable[Any]:
-    """A tqdm bar on stderr when tqdm is installed (it is not a dependency), else the items as they are."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return items
+    """A progress bar on stderr (throughput and ETA) over ``items``."""
     return tqdm(items, desc=desc, unit="variant", leave=False)
 
 
