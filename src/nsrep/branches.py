@@ -24,6 +24,8 @@ __all__ = [
     "ConvBNConvBN",
     "ConvGeometry",
     "IdentityBN",
+    "InputMoments",
+    "input_moments",
 ]
 
 
@@ -94,13 +96,66 @@ class ConvGeometry:
         return pads[0], pads[1]
 
 
+@dataclass(frozen=True)
+class InputMoments:
+    """Batch moments of a unit's input over (N, H, W): what its branches' inner BNs need in training.
+
+    ``mean``: (C,); ``second``: (groups, C/g, C/g), ``E[x x^T]`` within each conv group; ``count``: N*H*W.
+    A 1×1 conv's output statistics follow exactly: ``mean_h = W mean``, ``var_h = diag(W (E[xx^T] - mean mean^T) W^T)``.
+    """
+
+    mean: Tensor
+    second: Tensor
+    count: int
+
+
+class _SecondMoment(torch.autograd.Function):
+    """``E[x x^T]`` per channel group without saving anything but ``x`` (which the conv saves anyway)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, groups: int) -> Tensor:
+        n, c, h, w = x.shape
+        xg = x.reshape(n, groups, c // groups, h * w)
+        ctx.save_for_backward(x)
+        ctx.groups = groups
+        return torch.einsum("ngcp,ngdp->gcd", xg, xg) / (n * h * w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        n, c, h, w = x.shape
+        xg = x.reshape(n, ctx.groups, c // ctx.groups, h * w)
+        sym = (grad + grad.transpose(1, 2)) / (n * h * w)
+        return torch.einsum("gcd,ngdp->ngcp", sym, xg).reshape(x.shape), None
+
+
+def input_moments(x: Tensor, groups: int) -> InputMoments:
+    """Batch mean and per-group second moment of ``x`` (N, C, H, W), differentiable."""
+    n, _, h, w = x.shape
+    return InputMoments(x.mean((0, 2, 3)), _SecondMoment.apply(x, groups), n * h * w)
+
+
 class Branch(nn.Module):
-    """One parallel path of a unit. Subclasses implement ``forward`` and ``fold``."""
+    """One parallel path of a unit. Subclasses implement ``forward`` and ``fold``.
+
+    Branches that end in a BN may also give their *linear algebra* for the unit's fast path:
+    ``final_bn`` and ``pre_bn_affine``, the map before that BN as one k×k kernel in the unit's geometry.
+    """
 
     geometry: ConvGeometry
+    final_bn: nn.BatchNorm2d | None = None  # the BN the branch ends with, if it has a pre-BN affine map
+    needs_moments: bool = False  # pre_bn_affine uses the unit input's batch moments in training
 
     def fold(self) -> tuple[Tensor, Tensor]:
         """Eval-mode affine map of the branch as ``(kernel (C_out, C_in/g, kh, kw), bias (C_out,))``."""
+        raise NotImplementedError
+
+    def pre_bn_affine(self, moments: InputMoments | None) -> tuple[Tensor, Tensor | None]:
+        """The map before ``final_bn`` as ``(k×k kernel, bias or None)``.
+
+        ``moments`` are the unit input's batch moments (training: inner BNs normalise with the batch
+        statistics they imply and update their running statistics); ``None`` means eval statistics.
+        """
         raise NotImplementedError
 
 
@@ -179,6 +234,14 @@ class ConvBN(Branch):
             x = x[..., ch : x.shape[-2] - ch, cw : x.shape[-1] - cw]
         return self.bn(self.conv(x))
 
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self.bn
+
+    def pre_bn_affine(self, moments: InputMoments | None) -> tuple[Tensor, Tensor | None]:
+        # zero-padding to k×k under the unit's padding equals the smaller kernel under its own padding/crop
+        return kernels.pad_kernel_to(self.conv.weight, self.geometry.kernel_size), None
+
     def fold(self) -> tuple[Tensor, Tensor]:
         kernel, bias = _fuse(self.conv.weight, self.bn, type(self).__name__)
         return kernels.pad_kernel_to(kernel, self.geometry.kernel_size), bias
@@ -196,6 +259,14 @@ class IdentityBN(Branch):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(x)
+
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self.bn
+
+    def pre_bn_affine(self, moments: InputMoments | None) -> tuple[Tensor, Tensor | None]:
+        g = self.geometry
+        return kernels.identity_kernel(g.out_channels, g.groups, g.kernel_size, like=self.bn.weight), None
 
     def fold(self) -> tuple[Tensor, Tensor]:
         g = self.geometry
@@ -233,6 +304,29 @@ class _OneByOneThen(Branch):
     def folded_front(self) -> tuple[Tensor, Tensor]:
         return _fuse(self.kernel1(), self.bn1, type(self).__name__)
 
+    needs_moments = True
+
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def front_affine(self, moments: InputMoments | None) -> tuple[Tensor, Tensor]:
+        """The 1×1 conv and its BN as ``(kernel, bias)``; in training the BN's batch statistics are
+        computed from the input's moments (exactly those of the 1×1 output) and its running stats updated."""
+        if moments is None:
+            return self.folded_front()
+        g = self.geometry.groups
+        k1 = self.kernel1()
+        w = k1.reshape(g, self.hidden // g, -1)  # (g, h, c)
+        mean_x = moments.mean.reshape(g, -1)
+        cov = moments.second - mean_x.unsqueeze(2) * mean_x.unsqueeze(1)
+        mean_h = torch.einsum("ghc,gc->gh", w, mean_x).reshape(-1)
+        var_h = torch.einsum("ghc,gcd,ghd->gh", w, cov, w).reshape(-1).clamp_min(0)
+        if self.bn1.track_running_stats and self.bn1.running_mean is not None:
+            self.bn1._update_running_stats(mean_h.detach(), var_h.detach(), moments.count)
+        scale, shift = kernels.bn_affine(mean_h, var_h, self.bn1.weight, self.bn1.bias, self.bn1.eps)
+        return k1 * scale.reshape(-1, 1, 1, 1), shift
+
 
 class ConvBNConvBN(_OneByOneThen):
     """1×1 conv -> BN-and-pad -> k×k conv -> BN (DBB's 1×1-k×k branch; the NS block's 2× and 4× branches)."""
@@ -257,6 +351,12 @@ class ConvBNConvBN(_OneByOneThen):
         k1, b1 = self.folded_front()
         k2, b2 = _fuse(self.conv2.weight, self.bn2, type(self).__name__)
         return kernels.compose_1x1_kxk(k1, b1, k2, b2, self.geometry.groups)
+
+    def pre_bn_affine(self, moments: InputMoments | None) -> tuple[Tensor, Tensor | None]:
+        # one C_in -> C_out k×k conv instead of the wide hidden map: same forward, same gradients
+        k1, b1 = self.front_affine(moments)
+        zero = torch.zeros((), dtype=k1.dtype, device=k1.device)
+        return kernels.compose_1x1_kxk(k1, b1, self.conv2.weight, zero, self.geometry.groups)
 
 
 class ConvBNAvgBN(_OneByOneThen):
@@ -287,3 +387,8 @@ class ConvBNAvgBN(_OneByOneThen):
         scale, shift = _eval_affine(self.bn2, type(self).__name__)
         avg = self._avg_kernel(k1) * scale.reshape(-1, 1, 1, 1)
         return kernels.compose_1x1_kxk(k1, b1, avg, shift, self.geometry.groups)
+
+    def pre_bn_affine(self, moments: InputMoments | None) -> tuple[Tensor, Tensor | None]:
+        k1, b1 = self.front_affine(moments)
+        zero = torch.zeros((), dtype=k1.dtype, device=k1.device)
+        return kernels.compose_1x1_kxk(k1, b1, self._avg_kernel(k1), zero, self.geometry.groups)

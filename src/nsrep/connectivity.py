@@ -16,6 +16,7 @@ __all__ = [
     "fixed_partition",
     "group_pairs",
     "out_streams",
+    "pair_drop_mask",
     "random_partition",
 ]
 
@@ -59,11 +60,15 @@ def group_pairs(pairs: Tensor, partition: Tensor) -> Tensor:
     return picked.view(groups, per_group, *flat.shape[1:]).sum(1)
 
 
-def drop_pairs(pairs: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
-    """Drop-path on individual pairs: each (branch, stream, sample) is kept with prob 1-rate, scaled 1/(1-rate)."""
+def pair_drop_mask(shape: tuple[int, ...], rate: float, like: Tensor) -> Tensor:
+    """Drop-path mask on individual pairs: shape (K, S, B, 1, ...), each (branch, stream, sample) kept with
+    probability 1-rate and scaled by 1/(1-rate)."""
+    keep = 1.0 - rate
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(keep).div_(keep)
+
+
+def drop_pairs(pairs: Tensor, rate: float) -> Tensor:
+    """Apply a fresh pair-drop mask to pairs (K, S, B, C, H, W); identity when ``rate`` is 0."""
     if rate <= 0.0:
         return pairs
-    keep = 1.0 - rate
-    shape = pairs.shape[:3] + (1,) * (pairs.dim() - 3)
-    mask = torch.empty(shape, dtype=pairs.dtype, device=pairs.device).bernoulli_(keep, generator=generator)
-    return pairs * mask.div_(keep)
+    return pairs * pair_drop_mask(pairs.shape[:3] + (1,) * (pairs.dim() - 3), rate, pairs)

@@ -106,5 +106,5 @@ def compose_1x1_kxk(k1: Tensor, b1: Tensor, k2: Tensor, b2: Tensor, groups: int)
     a = k1.reshape(groups, mid_per_group, in_per_group)  # (g, m, i)
     b = k2.reshape(groups, out_ch // groups, mid_per_group, kh * kw)  # (g, o, m, t)
     kernel = torch.einsum("gomt,gmi->goit", b, a).reshape(out_ch, in_per_group, kh, kw)
-    bias = b2 + torch.einsum("gomt,gm->go", b, b1.reshape(groups, mid_per_group)).reshape(out_ch)
+    bias = b2 + torch.einsum("gomt,gm->go", b, b1.reshape(groups, mid_per_group)).reshape(out_ch)  # b2 may be 0-dim
     return kernel, bias

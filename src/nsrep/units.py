@@ -12,17 +12,22 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nsrep import connectivity as conn
 from nsrep.branches import Branch, ConvGeometry
 from nsrep.families import FAMILIES, build_branches, resolve_num_branches
 from nsrep.foldable import Foldable
+from nsrep.fused import can_fuse, fused_pair_outputs, interleave_groups, split_groups
 from nsrep.validation import check_choice
 
-__all__ = ["RepConv2d", "UnitConfig", "make_deploy_conv"]
+__all__ = ["IMPLEMENTATIONS", "RepConv2d", "UnitConfig", "make_deploy_conv", "set_implementation"]
 
 DEFAULT_MAX_STREAMS = 64
+# "fast": all conv branches in one conv call + one BN, sequential branches composed online (nsrep/fused.py);
+# "reference": every branch runs its own layers, pairs stacked. Same outputs, same gradients.
+IMPLEMENTATIONS = ("fast", "reference")
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ class RepConv2d(Foldable):
         self.branches = nn.ModuleList(branches)
         self.in_streams = in_streams
         self.out_streams = conn.out_streams(connectivity, in_streams, len(self.branches))
+        self.implementation = "fast"
         if self.out_streams > max_streams:
             raise ValueError(
                 f"{connectivity!r} connectivity with {in_streams} input streams and {len(self.branches)} branches "
@@ -134,31 +140,93 @@ class RepConv2d(Foldable):
                 f"{tuple(x.shape)}; expected (streams, batch, channels, height, width)"
                 + (" or a 4-D batch for one stream" if self.in_streams == 1 else "")
             )
-        if self.connectivity == "block":
-            a = x.sum(0) if x.shape[0] > 1 else x[0]
-            y = sum(branch(a) for branch in self.branches).unsqueeze(0)
+        if self.connectivity == "block" and x.shape[0] > 1:
+            x = x.sum(0, keepdim=True)  # block-level: the unit sees the merged input
+        if self.implementation == "fast" and can_fuse(self.branches):
+            y = self._forward_fast(x) if self.training else self._forward_eval_folded(x)
         else:
-            y = self._branch_level(x)
+            y = self._forward_reference(x)
         return y[0] if single and y.shape[0] == 1 else y
 
-    def _branch_level(self, x: Tensor) -> Tensor:
+    # --- reference: each branch runs its own layers, pairs stacked as (K, S, B, C, H, W) -------------------
+    def _forward_reference(self, x: Tensor) -> Tensor:
         s, b = x.shape[:2]
         flat = x.reshape(s * b, *x.shape[2:])  # free view for contiguous stream sets: (S*B, C, H, W)
+        if self.connectivity == "block":
+            return sum(branch(flat) for branch in self.branches).unsqueeze(0)
         outs = [branch(flat) for branch in self.branches]
         pairs = torch.stack(outs).view(len(outs), s, b, *outs[0].shape[1:])
         # pairs: (K, S_in, B, C_out, H', W'), pair index k * S_in + s
-        if self.training:
-            pairs = conn.drop_pairs(pairs, self.config.pair_drop)
+        mask = self._drop_mask(s, b, pairs)
+        if mask is not None:
+            pairs = pairs * mask
         if self.connectivity == "naive":
             return pairs.flatten(0, 1)
-        k = self.num_branches
-        if self.training and self.config.stochastic > 0 and torch.rand(()).item() < self.config.stochastic:
-            partition = conn.random_partition(k, s, device=x.device)
-        else:
-            partition = None
+        partition = self._draw_partition(s, x.device)
         if partition is None:  # fixed grouping: output j = branch j over all streams
             return pairs.sum(1)
         return conn.group_pairs(pairs, partition)
+
+    # --- fast: pairs laid out as (S, B, K, C, H, W) straight from one merged conv ---------------------------
+    def _forward_fast(self, x: Tensor) -> Tensor:
+        s, b = x.shape[:2]
+        k = self.num_branches
+        flat = x.reshape(s * b, *x.shape[2:])
+        y = fused_pair_outputs(self.branches, self.geometry, flat, training=True)
+        y = y.view(s, b, *y.shape[1:])  # (S, B, K, C, H, W)
+        if self.connectivity == "block":
+            return y.sum(2)
+        mask = self._drop_mask(s, b, y)
+        if mask is not None:
+            y = y * mask.permute(1, 2, 0, 3, 4, 5)
+        if self.connectivity == "naive":
+            return y.permute(2, 0, 1, 3, 4, 5).flatten(0, 1)
+        partition = self._draw_partition(s, x.device)
+        if partition is None:
+            return y.sum(0).transpose(0, 1)
+        pair = partition.flatten()  # pair id k * S + s -> (stream, branch) position in y
+        picked = y[pair % s, :, pair // s]  # (K*S, B, C, H, W), advanced indices first
+        return picked.view(k, s, *picked.shape[1:]).sum(1)
+
+    def _forward_eval_folded(self, x: Tensor) -> Tensor:
+        """Eval mode: each branch folded with running statistics; ns/block run on the aggregate only."""
+        g = self.geometry
+        k = self.num_branches
+        folded = [branch.fold() for branch in self.branches]
+        weight = torch.stack([f[0] for f in folded])  # (K, C_out, C_in/g, kh, kw)
+        bias = torch.stack([f[1] for f in folded])  # (K, C_out)
+        s, b = x.shape[:2]
+        if self.connectivity == "block":
+            return F.conv2d(x[0], weight.sum(0), bias.sum(0), g.stride, g.padding, g.dilation, g.groups)[None]
+        if self.connectivity == "ns":  # fixed grouping: y_j = sum_s f_j(x_s) = W_j A + S_in b_j
+            inputs, bias = x.sum(0), bias * s
+        else:
+            inputs = x.reshape(s * b, *x.shape[2:])
+        z = F.conv2d(
+            inputs,
+            interleave_groups(weight.flatten(0, 1), k, g.groups),
+            interleave_groups(bias.flatten(), k, g.groups),
+            g.stride,
+            g.padding,
+            g.dilation,
+            g.groups,
+        )
+        z = split_groups(z, k, g.groups)  # (N, K, C, H, W)
+        if self.connectivity == "ns":
+            return z.transpose(0, 1)
+        return z.view(s, b, *z.shape[1:]).permute(2, 0, 1, 3, 4, 5).flatten(0, 1)
+
+    def _drop_mask(self, s: int, b: int, like: Tensor) -> Tensor | None:
+        """(K, S, B, 1, 1, 1) pair-drop mask in training, None when off; both implementations draw it alike."""
+        if not self.training or self.config.pair_drop <= 0:
+            return None
+        return conn.pair_drop_mask((self.num_branches, s, b, 1, 1, 1), self.config.pair_drop, like)
+
+    def _draw_partition(self, s: int, device: torch.device) -> Tensor | None:
+        """A fresh random partition with probability ``stochastic`` in training, else None (fixed grouping)."""
+        if self.training and self.config.stochastic > 0 and torch.rand(()).item() < self.config.stochastic:
+            return conn.random_partition(self.num_branches, s, device=device)
+        return None
 
     @torch.no_grad()
     def fold_affine(self) -> tuple[Tensor, Tensor]:
@@ -200,3 +268,12 @@ class RepConv2d(Foldable):
             f"padding={g.padding}, dilation={g.dilation}, groups={g.groups}, family={self.config.family!r}, "
             f"connectivity={self.connectivity!r}, streams={self.in_streams}->{self.out_streams}"
         )
+
+
+def set_implementation(model: nn.Module, implementation: str) -> nn.Module:
+    """Switch every unit of ``model`` to the ``fast`` or ``reference`` implementation (same function)."""
+    check_choice("implementation", implementation, IMPLEMENTATIONS)
+    for m in model.modules():
+        if isinstance(m, RepConv2d):
+            m.implementation = implementation
+    return model
