@@ -2,14 +2,61 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from nsrep.models.factory import LayerFactory
 from nsrep.streams import streams_out
 
-__all__ = ["ClassifierHead", "Stem", "init_weights", "scale_channels"]
+__all__ = ["MEMORY_MODES", "ClassifierHead", "Stem", "check_memory", "init_weights", "run_blocks", "scale_channels"]
 
 STEMS = ("cifar", "imagenet")
+# "default": autograd keeps every block's activations; "checkpoint": each residual block's activations are
+# recomputed in backward (memory for compute; same outputs, gradients and BN statistics).
+MEMORY_MODES = ("default", "checkpoint")
+
+
+def check_memory(memory: str) -> str:
+    from nsrep.validation import check_choice
+
+    check_choice("memory mode", memory, MEMORY_MODES)
+    return memory
+
+
+@contextmanager
+def _frozen_buffers(module: nn.Module) -> Iterator[None]:
+    """Restore every buffer (BN running statistics, counters) after the block runs: a checkpoint's
+    recompute must not update BN statistics a second time."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def run_blocks(blocks: Iterable[nn.Module], x: Tensor, memory: str) -> Tensor:
+    """Run residual blocks in order; with ``memory="checkpoint"`` each block is checkpointed in training.
+
+    The RNG state is preserved, so a recompute draws the same stochastic partitions and pair-drop masks.
+    """
+    for block in blocks:
+        if memory == "checkpoint" and block.training and torch.is_grad_enabled():
+            x = checkpoint(
+                block,
+                x,
+                use_reentrant=False,
+                preserve_rng_state=True,
+                context_fn=lambda block=block: (nullcontext(), _frozen_buffers(block)),
+            )
+        else:
+            x = block(x)
+    return x
 
 
 def scale_channels(channels: int, width_mult: float, divisor: int = 1) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from nsrep.models.common import STEMS, ClassifierHead, Stem, init_weights, scale_channels
+from nsrep.models.common import STEMS, ClassifierHead, Stem, check_memory, init_weights, run_blocks, scale_channels
 from nsrep.models.factory import LayerFactory
 from nsrep.streams import streams_out
 from nsrep.validation import check_choice
@@ -45,9 +45,11 @@ class MobileNetV1(nn.Module):
         in_chans: int = 3,
         width_mult: float = 1.0,
         stem_unit: bool = True,
+        memory: str = "default",
     ) -> None:
         super().__init__()
         check_choice("stem", stem, STEMS)
+        self.memory = check_memory(memory)
         ch = scale_channels(32, width_mult)
         stem_layers = layers if stem_unit else layers.plain()
         self.stem = Stem(layers, stem_layers, in_chans, ch, 3, 2 if stem == "imagenet" else 1, max_pool=False)
@@ -64,7 +66,7 @@ class MobileNetV1(nn.Module):
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x))
+        return run_blocks(self.stages, self.stem(x), self.memory)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))

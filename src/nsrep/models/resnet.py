@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from nsrep.models.common import STEMS, ClassifierHead, Stem, init_weights, scale_channels
+from nsrep.models.common import STEMS, ClassifierHead, Stem, check_memory, init_weights, run_blocks, scale_channels
 from nsrep.models.factory import LayerFactory
 from nsrep.streams import streams_out
 from nsrep.validation import check_choice
@@ -90,7 +90,8 @@ def _shortcut(layers: LayerFactory, in_ch: int, out_ch: int, stride: int, stream
 
 
 class ResNet(nn.Module):
-    """ResNet-18/34/50/101 and ResNeXt; ``stem_unit=False`` keeps the stem a plain conv+BN."""
+    """ResNet-18/34/50/101 and ResNeXt; ``stem_unit=False`` keeps the stem a plain conv+BN; ``memory``
+    ("default" or "checkpoint") trades compute for activation memory per residual block."""
 
     def __init__(
         self,
@@ -105,9 +106,11 @@ class ResNet(nn.Module):
         stem_unit: bool = True,
         groups: int = 1,
         width_per_group: int = 64,
+        memory: str = "default",
     ) -> None:
         super().__init__()
         check_choice("stem", stem, STEMS)
+        self.memory = check_memory(memory)
         widths = [scale_channels(c, width_mult) for c in (64, 128, 256, 512)]
         # cifar: 3×3 stride 1, no pool; imagenet: 7×7 stride 2 + 3×3 max-pool stride 2
         kernel, stride, pool = (3, 1, False) if stem == "cifar" else (7, 2, True)
@@ -129,7 +132,8 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem and stages: a stream set (training form) or a batch (deployed)."""
-        return self.stages(self.stem(x))
+        blocks = (block for stage in self.stages for block in stage)
+        return run_blocks(blocks, self.stem(x), self.memory)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))
