@@ -110,23 +110,33 @@ class InputMoments:
 
 
 class _SecondMoment(torch.autograd.Function):
-    """``E[x x^T]`` per channel group without saving anything but ``x`` (which the conv saves anyway)."""
+    """``E[x x^T]`` per channel group without saving anything but ``x`` (which the conv saves anyway).
+
+    Computed as one (C/g × N·H·W) matmul per group on a transient channel-major copy: about twice as fast on
+    CPU as an einsum that batches over N.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, groups: int) -> Tensor:
-        n, c, h, w = x.shape
-        xg = x.reshape(n, groups, c // groups, h * w)
         ctx.save_for_backward(x)
         ctx.groups = groups
-        return torch.einsum("ngcp,ngdp->gcd", xg, xg) / (n * h * w)
+        xg = _channel_major(x, groups)
+        return torch.bmm(xg, xg.transpose(1, 2)) / xg.shape[-1]
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
         n, c, h, w = x.shape
-        xg = x.reshape(n, ctx.groups, c // ctx.groups, h * w)
-        sym = (grad + grad.transpose(1, 2)) / (n * h * w)
-        return torch.einsum("gcd,ngdp->ngcp", sym, xg).reshape(x.shape), None
+        xg = _channel_major(x, ctx.groups)
+        sym = (grad + grad.transpose(1, 2)) / xg.shape[-1]
+        grad_x = torch.bmm(sym, xg)  # (g, C/g, N*H*W)
+        return grad_x.view(ctx.groups, c // ctx.groups, n, h * w).permute(2, 0, 1, 3).reshape(x.shape), None
+
+
+def _channel_major(x: Tensor, groups: int) -> Tensor:
+    """(N, C, H, W) -> (g, C/g, N*H*W)."""
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h * w).permute(1, 2, 0, 3).reshape(groups, c // groups, n * h * w)
 
 
 def input_moments(x: Tensor, groups: int) -> InputMoments:

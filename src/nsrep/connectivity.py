@@ -15,6 +15,7 @@ __all__ = [
     "drop_pairs",
     "fixed_partition",
     "group_pairs",
+    "group_pairs_sbk",
     "out_streams",
     "pair_drop_mask",
     "random_partition",
@@ -65,6 +66,46 @@ def pair_drop_mask(shape: tuple[int, ...], rate: float, like: Tensor) -> Tensor:
     probability 1-rate and scaled by 1/(1-rate)."""
     keep = 1.0 - rate
     return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(keep).div_(keep)
+
+
+class _GroupSumSBK(torch.autograd.Function):
+    """Group sums read straight from the fast path's (S, B, K, ...) layout: no gathered copy of all pairs
+    in forward, one write per pair (no full-size zero fill) in backward."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, partition: Tensor) -> Tensor:
+        s = y.shape[0]
+        stream, branch = (partition % s).tolist(), (partition // s).tolist()
+        out = y.new_empty((partition.shape[0], y.shape[1], *y.shape[3:]))  # (G, B, C, H, W)
+        for j, (streams_j, branches_j) in enumerate(zip(stream, branch, strict=True)):
+            out[j].copy_(y[streams_j[0], :, branches_j[0]])
+            for si, ki in zip(streams_j[1:], branches_j[1:], strict=True):
+                out[j].add_(y[si, :, ki])
+        ctx.save_for_backward(partition)
+        ctx.s = s
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (partition,) = ctx.saved_tensors
+        s = ctx.s
+        k = partition.numel() // s
+        group_of = torch.empty(partition.numel(), dtype=torch.long)
+        group_of[partition.flatten()] = torch.arange(partition.shape[0]).repeat_interleave(partition.shape[1])
+        group_of = group_of.view(k, s).tolist()  # [branch][stream] -> group
+        grad_y = grad.new_empty((s, grad.shape[1], k, *grad.shape[2:]))
+        for ki in range(k):
+            for si in range(s):
+                grad_y[si, :, ki] = grad[group_of[ki][si]]
+        return grad_y, None
+
+
+def group_pairs_sbk(y: Tensor, partition: Tensor) -> Tensor:
+    """Like :func:`group_pairs` for pairs laid out (S, B, K, C, H, W): output (G, B, C, H, W)."""
+    s, k = y.shape[0], y.shape[2]
+    if partition.numel() != s * k:
+        raise ValueError(f"partition of shape {tuple(partition.shape)} does not cover {s * k} pairs")
+    return _GroupSumSBK.apply(y, partition.cpu())
 
 
 def drop_pairs(pairs: Tensor, rate: float) -> Tensor:

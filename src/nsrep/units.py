@@ -170,7 +170,6 @@ class RepConv2d(Foldable):
     # --- fast: pairs laid out as (S, B, K, C, H, W) straight from one merged conv ---------------------------
     def _forward_fast(self, x: Tensor) -> Tensor:
         s, b = x.shape[:2]
-        k = self.num_branches
         flat = x.reshape(s * b, *x.shape[2:])
         y = fused_pair_outputs(self.branches, self.geometry, flat, training=True)
         y = y.view(s, b, *y.shape[1:])  # (S, B, K, C, H, W)
@@ -184,9 +183,7 @@ class RepConv2d(Foldable):
         partition = self._draw_partition(s, x.device)
         if partition is None:
             return y.sum(0).transpose(0, 1)
-        pair = partition.flatten()  # pair id k * S + s -> (stream, branch) position in y
-        picked = y[pair % s, :, pair // s]  # (K*S, B, C, H, W), advanced indices first
-        return picked.view(k, s, *picked.shape[1:]).sum(1)
+        return conn.group_pairs_sbk(y, partition)
 
     def _forward_eval_folded(self, x: Tensor) -> Tensor:
         """Eval mode: each branch folded with running statistics; ns/block run on the aggregate only."""

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print markdown tables and write PNG charts (`python -m benchmarks.NAME --help`)."""

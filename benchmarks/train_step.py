@@ -1,0 +1,148 @@
+"""Training-step time and peak memory of re-parameterizable variants, as ratios to plain in the same run.
+
+    python -m benchmarks.train_step --arch resnet18 --batch-size 64 --steps 5
+    python -m benchmarks.train_step --arch resnet18 resnet50 --batch-size 64 128 --device cuda
+
+One step = forward + backward + SGD update on a CIFAR-shaped batch (3×32×32, 100 classes). Every variant runs
+in its own process (so its peak memory is its own): ``warmup`` steps, then the median of ``steps``. CPU
+memory is the peak resident set size above the process's size before the first step (weights, gradients,
+momentum and activations at the peak); CUDA memory is ``max_memory_allocated``. CUDA runs use AMP (bf16)
+and channels-last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+import nsrep
+from benchmarks.common import describe_machine, run_worker, save_bar_chart, table, time_calls, write_report
+from nsrep.units import set_implementation
+
+# (label, family, connectivity, implementation, memory)
+VARIANTS = {
+    "plain": ("plain", "block", "fast", "default"),
+    "acnet-block": ("acnet", "block", "fast", "default"),
+    "dbb-block": ("dbb", "block", "fast", "default"),
+    "ns-block": ("ns", "block", "fast", "default"),
+    "acnet-ns": ("acnet", "ns", "fast", "default"),
+    "dbb-ns": ("dbb", "ns", "fast", "default"),
+    "ns-ns": ("ns", "ns", "fast", "default"),
+    "ns-ns+ckpt": ("ns", "ns", "fast", "checkpoint"),
+    "ns-ns reference": ("ns", "ns", "reference", "default"),
+}
+
+
+def worker(cfg: dict) -> dict:
+    torch.manual_seed(0)
+    device = cfg["device"]
+    family, connectivity, implementation, memory = VARIANTS[cfg["variant"]]
+    model = nsrep.create_model(
+        cfg["arch"], num_classes=100, stem="cifar", family=family, connectivity=connectivity, memory=memory
+    )
+    set_implementation(model, implementation).to(device)
+    cuda = device.startswith("cuda")
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    x = torch.randn(cfg["batch_size"], 3, 32, 32, device=device)
+    y = torch.randint(0, 100, (cfg["batch_size"],), device=device)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = time_calls(step, repeats=cfg["steps"], warmup=cfg["warmup"], device=device)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20  # KiB -> GiB
+    return {"median_s": statistics.median(times), "times": times, "peak_gib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--arch", nargs="+", default=["resnet18"])
+    parser.add_argument("--batch-size", nargs="+", type=int, default=[64])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None, help="also write the markdown report here")
+    parser.add_argument("--png", default=None, help="write a bar chart of the ratios here")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    lines = [f"Machine: {describe_machine(args.device, args.threads)}", ""]
+    chart_labels, time_ratio, mem_ratio = [], [], []
+    for arch in args.arch:
+        for batch in args.batch_size:
+            results = {}
+            for variant in args.variants:
+                cfg = {"arch": arch, "batch_size": batch, "variant": variant, "device": args.device}
+                cfg.update(steps=args.steps, warmup=args.warmup)
+                results[variant] = run_worker("benchmarks.train_step", cfg, args.threads)
+                r = results[variant]
+                print(f"  {arch} b{batch} {variant}: {r['median_s']:.3f} s, {r['peak_gib']:.2f} GiB", flush=True)
+            plain = results.get("plain")
+            reference = results.get("ns-ns reference")
+            rows = []
+            for variant, r in results.items():
+                rows.append(
+                    (
+                        variant,
+                        f"{r['median_s']:.3f}",
+                        f"{min(r['times']):.3f}-{max(r['times']):.3f}",
+                        f"{r['median_s'] / plain['median_s']:.2f}x" if plain else "-",
+                        f"{r['median_s'] / reference['median_s']:.2f}x" if reference else "-",
+                        f"{r['peak_gib']:.2f}",
+                        f"{r['peak_gib'] / plain['peak_gib']:.2f}x" if plain else "-",
+                        f"{r['peak_gib'] / reference['peak_gib']:.2f}x" if reference else "-",
+                    )
+                )
+                if reference:
+                    chart_labels.append(f"{arch} b{batch}\n{variant}")
+                    time_ratio.append(r["median_s"] / reference["median_s"])
+                    mem_ratio.append(r["peak_gib"] / reference["peak_gib"])
+            lines += [
+                f"### {arch}, batch {batch}, CIFAR shape, {args.device} "
+                f"(median of {args.steps} steps after {args.warmup} warm-up)",
+                "",
+            ]
+            lines += table(
+                ("variant", "step (s)", "range (s)", "vs plain", "vs reference", "peak (GiB)", "mem vs plain",
+                 "mem vs reference"),
+                rows,
+            )  # fmt: skip
+            lines.append("")
+    write_report(lines, args.out)
+    if args.png and chart_labels:
+        save_bar_chart(
+            args.png,
+            "Training step vs the per-branch reference path (ns-family NS, same run)",
+            chart_labels,
+            {"time ratio": time_ratio, "peak memory ratio": mem_ratio},
+            "ratio to reference",
+            ref_line=1.0,
+        )
+
+
+if __name__ == "__main__":
+    main()
