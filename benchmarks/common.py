@@ -79,7 +79,12 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
 
 
 def save_bar_chart(
-    path: str, title: str, labels: Sequence[str], series: dict[str, Sequence[float]], ylabel: str, ref_line: float | None
+    path: str,
+    title: str,
+    labels: Sequence[str],
+    series: dict[str, Sequence[float]],
+    ylabel: str,
+    ref_line: float | None,
 ) -> None:
     """Grouped bars (one group per label, one bar per series), with an optional horizontal reference line."""
     import matplotlib

@@ -31,8 +31,10 @@ VARIANTS = {
     "dbb-block": ("dbb", "block", "fast", "default"),
     "ns-block": ("ns", "block", "fast", "default"),
     "acnet-ns": ("acnet", "ns", "fast", "default"),
+    "acnet-ns padded": ("acnet", "ns", "fast-padded", "default"),
     "dbb-ns": ("dbb", "ns", "fast", "default"),
     "ns-ns": ("ns", "ns", "fast", "default"),
+    "ns-ns padded": ("ns", "ns", "fast-padded", "default"),
     "ns-ns+ckpt": ("ns", "ns", "fast", "checkpoint"),
     "ns-ns reference": ("ns", "ns", "reference", "default"),
 }

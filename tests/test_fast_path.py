@@ -22,10 +22,10 @@ GEOMETRIES = [
 CONNECTIVITIES = [("block", 1.0, 0.0), ("ns", 1.0, 0.0), ("ns", 0.0, 0.0), ("ns", 1.0, 0.3), ("naive", 1.0, 0.2)]
 
 
-def _pair(unit):
+def _pair(unit, implementation="fast"):
     fast = copy.deepcopy(unit)
     set_implementation(unit, "reference")
-    set_implementation(fast, "fast")
+    set_implementation(fast, implementation)
     return unit, fast
 
 
@@ -40,7 +40,8 @@ def _run(module, x, seed):
 @pytest.mark.parametrize("family", nsrep.FAMILIES)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g)))
 @pytest.mark.parametrize("connectivity,stochastic,pair_drop", CONNECTIVITIES)
-def test_fast_path_matches_reference(family, geometry, connectivity, stochastic, pair_drop):
+@pytest.mark.parametrize("implementation", ["fast", "fast-padded"])
+def test_fast_path_matches_reference(family, geometry, connectivity, stochastic, pair_drop, implementation):
     cin, cout, k, s, p, d, g = geometry
     unit = RepConv2d(
         cin, cout, k, s, p, d, g, family=family, connectivity=connectivity, in_streams=3,
@@ -53,7 +54,7 @@ def test_fast_path_matches_reference(family, geometry, connectivity, stochastic,
                 m.bias.normal_()
                 m.running_mean.normal_()
                 m.running_var.uniform_(0.5, 2)
-    ref, fast = _pair(unit)
+    ref, fast = _pair(unit, implementation)
     x = torch.randn(3, 4, cin, 9, 9, dtype=torch.float64)
     for step in range(2):  # train mode, same partitions and masks by seeding
         y_ref, gx_ref = _run(ref, x, seed=step)
@@ -87,44 +88,24 @@ def test_fast_path_on_a_whole_network(family):
 
 
 def test_unknown_implementation():
-    with pytest.raises(ValueError, match="unknown implementation 'quick'; valid: fast, reference"):
+    with pytest.raises(ValueError, match="unknown implementation 'quick'; valid: fast, fast-padded, reference"):
         set_implementation(nn.Identity(), "quick")
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v1"])
-def test_checkpointing_changes_nothing_but_memory(arch):
-    """Same outputs, gradients and BN running statistics (no double update on recompute), same partitions."""
-    options = {"num_classes": 5, "stem": "cifar", "width_mult": 0.125}
-    plain = nsrep.create_model(arch, family="dbb", connectivity="ns", pair_drop=0.2, **options).double()
-    ckpt = nsrep.create_model(arch, family="dbb", connectivity="ns", pair_drop=0.2, memory="checkpoint", **options)
-    ckpt = ckpt.double()
-    ckpt.load_state_dict(plain.state_dict())
-    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
-    for seed in range(2):
-        y_plain, gx_plain = _run(plain, x, seed)
-        y_ckpt, gx_ckpt = _run(ckpt, x, seed)
-        torch.testing.assert_close(y_ckpt, y_plain, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(gx_ckpt, gx_plain, rtol=1e-10, atol=1e-12)
-    for (name, p_plain), p_ckpt in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
-        torch.testing.assert_close(p_ckpt.grad, p_plain.grad, rtol=1e-10, atol=1e-12, msg=name)
-    for (name, b_plain), b_ckpt in zip(plain.named_buffers(), ckpt.buffers(), strict=True):
-        torch.testing.assert_close(b_ckpt, b_plain, rtol=0, atol=0, msg=name)
+def test_native_merge_runs_small_kernels_at_their_size(monkeypatch):
+    from nsrep.fused import fused_pair_outputs
 
+    unit = RepConv2d(8, 8, 3, family="acnet")
+    calls = []
+    original = torch.nn.functional.conv2d
 
-def test_unknown_memory_mode():
-    with pytest.raises(ValueError, match="unknown memory mode 'low'; valid: default, checkpoint"):
-        nsrep.create_model("resnet18", memory="low")
+    def spy(x, weight, *args, **kwargs):
+        calls.append(tuple(weight.shape[-2:]))
+        return original(x, weight, *args, **kwargs)
 
-
-def test_model_runs_under_torch_compile():
-    options = {"num_classes": 5, "stem": "cifar", "width_mult": 0.125}
-    model = nsrep.create_model("resnet18", family="dbb", connectivity="ns", stochastic=0.0, **options)
-    compiled = torch.compile(model, backend="aot_eager")
-    x = torch.randn(4, 3, 8, 8)
-    compiled(x).sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
-    deployed = nsrep.reparameterize(compiled)  # unwraps the compiled module
-    assert nsrep.verify_equivalence(model, deployed, x).max_rel_error < 1e-4
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
+    fused_pair_outputs(unit.branches, unit.geometry, torch.randn(2, 8, 5, 5), training=True)
+    assert sorted(calls) == [(1, 3), (3, 1), (3, 3)]
+    calls.clear()
+    fused_pair_outputs(unit.branches, unit.geometry, torch.randn(2, 8, 5, 5), training=True, padded=True)
+    assert calls == [(3, 3)]

@@ -168,6 +168,11 @@ class Branch(nn.Module):
         """
         raise NotImplementedError
 
+    def native_conv(self) -> tuple[Tensor, tuple[int, int], tuple[int, int]] | None:
+        """``(kernel, padding, crop)`` of the branch's own smaller conv, when it has one (a 1×1 or 1×k branch):
+        running it at its own size costs fewer multiply-adds than its zero-padded k×k kernel."""
+        return None
+
 
 def _eval_affine(bn: nn.BatchNorm2d, where: str) -> tuple[Tensor, Tensor]:
     if bn.running_mean is None or bn.running_var is None:
@@ -251,6 +256,11 @@ class ConvBN(Branch):
     def pre_bn_affine(self, moments: InputMoments | None) -> tuple[Tensor, Tensor | None]:
         # zero-padding to k×k under the unit's padding equals the smaller kernel under its own padding/crop
         return kernels.pad_kernel_to(self.conv.weight, self.geometry.kernel_size), None
+
+    def native_conv(self) -> tuple[Tensor, tuple[int, int], tuple[int, int]] | None:
+        if tuple(self.conv.weight.shape[-2:]) == self.geometry.kernel_size:
+            return None
+        return self.conv.weight, tuple(self.conv.padding), self.crop
 
     def fold(self) -> tuple[Tensor, Tensor]:
         kernel, bias = _fuse(self.conv.weight, self.bn, type(self).__name__)

@@ -80,31 +80,73 @@ def _merged_batch_norm(z: Tensor, bns: Sequence[nn.BatchNorm2d], training: bool)
     return out
 
 
-def fused_pair_outputs(branches: Sequence[Branch], geometry: ConvGeometry, flat: Tensor, training: bool) -> Tensor:
-    """Every branch on the batch ``flat`` (N, C_in, H, W) -> (N, K, C_out, H', W'), in branch order."""
-    convs = [i for i, b in enumerate(branches) if not isinstance(b, IdentityBN)]
+def _merged_conv_bn(
+    flat: Tensor,
+    kernels_: list[Tensor],
+    biases: list[Tensor | None],
+    bns: list[nn.BatchNorm2d],
+    geometry: ConvGeometry,
+    padding: tuple[int, int],
+    crop: tuple[int, int],
+    training: bool,
+) -> Tensor:
+    """One conv call for kernels of one shape, then one BN over their K·C channels -> (N, K, C, H, W)."""
     g = geometry
+    k = len(kernels_)
+    ch, cw = crop
+    if ch or cw:
+        flat = flat[..., ch : flat.shape[-2] - ch, cw : flat.shape[-1] - cw]
+    weight = interleave_groups(torch.cat(kernels_), k, g.groups)
+    bias = None
+    if any(b is not None for b in biases):
+        zeros = flat.new_zeros(g.out_channels)
+        bias = interleave_groups(torch.cat([zeros if b is None else b for b in biases]), k, g.groups)
+    z = split_groups(F.conv2d(flat, weight, bias, g.stride, padding, g.dilation, g.groups), k, g.groups)
+    n, _, c, h, w = z.shape
+    return _merged_batch_norm(z.reshape(n, k * c, h, w), bns, training).view(n, k, c, h, w)
+
+
+def fused_pair_outputs(
+    branches: Sequence[Branch], geometry: ConvGeometry, flat: Tensor, training: bool, padded: bool = False
+) -> Tensor:
+    """Every branch on the batch ``flat`` (N, C_in, H, W) -> (N, K, C_out, H', W'), in branch order.
+
+    ``padded``: all conv branches in one call with zero-padded k×k kernels (fewest calls). Otherwise one call
+    per distinct kernel shape (a 1×1 branch runs as 1×1): fewer multiply-adds, which is what counts on CPU.
+    """
+    g = geometry
+    conv_ids = [i for i, b in enumerate(branches) if not isinstance(b, IdentityBN)]
+    needs = training and any(branches[i].needs_moments for i in conv_ids)
+    moments = input_moments(flat, g.groups) if needs else None
+    # group the conv branches by the conv they run: key (kernel shape, padding, crop)
+    groups: dict[tuple, list[tuple[int, Tensor, Tensor | None]]] = {}
+    for i in conv_ids:
+        native = None if padded else branches[i].native_conv()
+        if native is None:
+            kernel, bias = branches[i].pre_bn_affine(moments if training else None)
+            key = (tuple(kernel.shape[-2:]), g.padding, (0, 0))
+        else:
+            kernel, padding, crop = native
+            bias = None
+            key = (tuple(kernel.shape[-2:]), padding, crop)
+        groups.setdefault(key, []).append((i, kernel, bias))
     parts: dict[int, Tensor] = {}
-    if convs:
-        conv_branches = [branches[i] for i in convs]
-        needs = training and any(b.needs_moments for b in conv_branches)
-        moments = input_moments(flat, g.groups) if needs else None
-        affine = [b.pre_bn_affine(moments if training else None) for b in conv_branches]
-        k = len(conv_branches)
-        weight = interleave_groups(torch.cat([a[0] for a in affine]), k, g.groups)
-        bias = None
-        if any(a[1] is not None for a in affine):
-            zeros = flat.new_zeros(g.out_channels)
-            bias = interleave_groups(torch.cat([zeros if a[1] is None else a[1] for a in affine]), k, g.groups)
-        z = F.conv2d(flat, weight, bias, g.stride, g.padding, g.dilation, g.groups)
-        z = split_groups(z, k, g.groups)
-        n, _, c, h, w = z.shape
-        z = _merged_batch_norm(z.reshape(n, k * c, h, w), [b.final_bn for b in conv_branches], training)
-        z = z.view(n, k, c, h, w)
-        if len(convs) == len(branches):
-            return z
-        for j, i in enumerate(convs):
-            parts[i] = z[:, j]
+    for (_, padding, crop), members in groups.items():
+        ids = [m[0] for m in members]
+        out = _merged_conv_bn(
+            flat,
+            [m[1] for m in members],
+            [m[2] for m in members],
+            [branches[i].final_bn for i in ids],
+            g,
+            padding,
+            crop,
+            training,
+        )
+        if len(ids) == len(branches):
+            return out
+        for j, i in enumerate(ids):
+            parts[i] = out[:, j]
     for i, b in enumerate(branches):
         if i not in parts:
             parts[i] = b(flat)

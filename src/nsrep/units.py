@@ -25,9 +25,10 @@ from nsrep.validation import check_choice
 __all__ = ["IMPLEMENTATIONS", "RepConv2d", "UnitConfig", "make_deploy_conv", "set_implementation"]
 
 DEFAULT_MAX_STREAMS = 64
-# "fast": all conv branches in one conv call + one BN, sequential branches composed online (nsrep/fused.py);
-# "reference": every branch runs its own layers, pairs stacked. Same outputs, same gradients.
-IMPLEMENTATIONS = ("fast", "reference")
+# "fast": conv branches merged into one conv call + one BN per kernel shape, sequential branches composed
+# online (nsrep/fused.py); "fast-padded": every conv branch in one call with zero-padded k×k kernels (fewest
+# calls, more multiply-adds); "reference": every branch runs its own layers. Same outputs, same gradients.
+IMPLEMENTATIONS = ("fast", "fast-padded", "reference")
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class RepConv2d(Foldable):
             )
         if self.connectivity == "block" and x.shape[0] > 1:
             x = x.sum(0, keepdim=True)  # block-level: the unit sees the merged input
-        if self.implementation == "fast" and can_fuse(self.branches):
+        if self.implementation != "reference" and can_fuse(self.branches):
             y = self._forward_fast(x) if self.training else self._forward_eval_folded(x)
         else:
             y = self._forward_reference(x)
@@ -171,7 +172,8 @@ class RepConv2d(Foldable):
     def _forward_fast(self, x: Tensor) -> Tensor:
         s, b = x.shape[:2]
         flat = x.reshape(s * b, *x.shape[2:])
-        y = fused_pair_outputs(self.branches, self.geometry, flat, training=True)
+        padded = self.implementation == "fast-padded"
+        y = fused_pair_outputs(self.branches, self.geometry, flat, training=True, padded=padded)
         y = y.view(s, b, *y.shape[1:])  # (S, B, K, C, H, W)
         if self.connectivity == "block":
             return y.sum(2)
