@@ -109,3 +109,51 @@ def test_native_merge_runs_small_kernels_at_their_size(monkeypatch):
     calls.clear()
     fused_pair_outputs(unit.branches, unit.geometry, torch.randn(2, 8, 5, 5), training=True, padded=True)
     assert calls == [(3, 3)]
+
+
+def test_eval_fold_cache_follows_parameter_and_statistic_updates():
+    unit = RepConv2d(8, 8, 3, family="ns", connectivity="ns", in_streams=2).double()
+    ref = set_implementation(copy.deepcopy(unit), "reference")
+    x = torch.randn(2, 3, 8, 6, 6, dtype=torch.float64)
+
+    def check():
+        unit.eval()
+        ref.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(unit(x), ref(x), rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(unit(x), ref(x), rtol=1e-10, atol=1e-12)  # served from the cache
+
+    check()
+    assert unit._fold_cache is not None
+    for module in (unit, ref):  # one identical SGD step on each
+        module.train()
+        opt = torch.optim.SGD(module.parameters(), lr=0.1)
+        torch.manual_seed(1)
+        module(x).square().mean().backward()
+        opt.step()
+    check()
+    with torch.no_grad():  # an in-place change of a statistic invalidates the cache too
+        for module in (unit, ref):
+            module.branches[2].bn1.running_mean.add_(0.5)
+    check()
+
+
+def test_eval_without_running_stats_falls_back_to_reference():
+    unit = RepConv2d(4, 4, 3, family="acnet", connectivity="ns", in_streams=2).eval()
+    for branch in unit.branches:
+        branch.bn = nn.BatchNorm2d(4, track_running_stats=False)
+    ref = set_implementation(copy.deepcopy(unit), "reference")
+    x = torch.randn(2, 3, 4, 5, 5)
+    torch.testing.assert_close(unit(x), ref(x))
+
+
+def test_stochastic_training_under_torch_compile():
+    unit = RepConv2d(4, 4, 3, family="dbb", connectivity="ns", in_streams=2, pair_drop=0.1).double()
+    ref = set_implementation(copy.deepcopy(unit), "reference")
+    compiled = torch.compile(unit, backend="aot_eager")
+    x = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64)
+    torch.manual_seed(3)
+    y = compiled(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(y, ref(x), rtol=1e-10, atol=1e-10)
+    y.sum().backward()

@@ -8,6 +8,7 @@ connectivity. ``S_in`` is a structural constant fixed when the network is built,
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -111,6 +112,7 @@ class RepConv2d(Foldable):
         self.in_streams = in_streams
         self.out_streams = conn.out_streams(connectivity, in_streams, len(self.branches))
         self.implementation = "fast"
+        self._fold_cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
         if self.out_streams > max_streams:
             raise ValueError(
                 f"{connectivity!r} connectivity with {in_streams} input streams and {len(self.branches)} branches "
@@ -143,9 +145,13 @@ class RepConv2d(Foldable):
             )
         if self.connectivity == "block" and x.shape[0] > 1:
             x = x.sum(0, keepdim=True)  # block-level: the unit sees the merged input
-        if self.implementation != "reference" and can_fuse(self.branches):
-            y = self._forward_fast(x) if self.training else self._forward_eval_folded(x)
-        else:
+        if self.implementation == "reference" or not can_fuse(self.branches):
+            y = self._forward_reference(x)
+        elif self.training:
+            y = self._forward_fast(x)
+        elif self._has_running_stats():
+            y = self._forward_eval_folded(x)
+        else:  # eval with batch-statistics BNs (track_running_stats=False) does not fold
             y = self._forward_reference(x)
         return y[0] if single and y.shape[0] == 1 else y
 
@@ -170,6 +176,7 @@ class RepConv2d(Foldable):
 
     # --- fast: pairs laid out as (S, B, K, C, H, W) straight from one merged conv ---------------------------
     def _forward_fast(self, x: Tensor) -> Tensor:
+        self._fold_cache = None  # training changes the weights: do not hold stale eval kernels
         s, b = x.shape[:2]
         flat = x.reshape(s * b, *x.shape[2:])
         padded = self.implementation == "fast-padded"
@@ -187,13 +194,36 @@ class RepConv2d(Foldable):
             return y.sum(0).transpose(0, 1)
         return conn.group_pairs_sbk(y, partition)
 
+    def _has_running_stats(self) -> bool:
+        return all(m.running_mean is not None for m in self.modules() if isinstance(m, nn.BatchNorm2d))
+
+    def _folded_branches(self) -> tuple[Tensor, Tensor]:
+        """Per-branch eval kernels (K, C_out, C_in/g, kh, kw) and biases (K, C_out).
+
+        Cached for no-grad evaluation while no parameter or statistic has changed (keyed on each tensor's
+        storage and in-place version counter): composing the sequential branches costs C_in·hidden·C_out·k²
+        per unit whatever the batch, which would dominate small-batch validation.
+        """
+        tensors = [*self.parameters(), *self.buffers()]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        cacheable = not torch.is_grad_enabled()
+        if cacheable and self._fold_cache is not None and self._fold_cache[0] == key:
+            return self._fold_cache[1]
+        if cacheable:
+            folded = self.branch_folds()
+            dtype = tensors[0].dtype
+            result = torch.stack([f[0] for f in folded]).to(dtype), torch.stack([f[1] for f in folded]).to(dtype)
+        else:  # keep the graph: gradients may be wanted through an eval forward
+            folded = [branch.fold() for branch in self.branches]
+            result = torch.stack([f[0] for f in folded]), torch.stack([f[1] for f in folded])
+        self._fold_cache = (key, result) if cacheable else None
+        return result
+
     def _forward_eval_folded(self, x: Tensor) -> Tensor:
         """Eval mode: each branch folded with running statistics; ns/block run on the aggregate only."""
         g = self.geometry
         k = self.num_branches
-        folded = [branch.fold() for branch in self.branches]
-        weight = torch.stack([f[0] for f in folded])  # (K, C_out, C_in/g, kh, kw)
-        bias = torch.stack([f[1] for f in folded])  # (K, C_out)
+        weight, bias = self._folded_branches()
         s, b = x.shape[:2]
         if self.connectivity == "block":
             return F.conv2d(x[0], weight.sum(0), bias.sum(0), g.stride, g.padding, g.dilation, g.groups)[None]
@@ -228,24 +258,38 @@ class RepConv2d(Foldable):
         return None
 
     @torch.no_grad()
-    def fold_affine(self) -> tuple[Tensor, Tensor]:
-        """Eval-mode ``(kernel, bias)`` of the aggregate: ``sum_k W_k`` and ``bias_multiplier * sum_k b_k``."""
-        kernel = bias = None
+    def branch_folds(self) -> list[tuple[Tensor, Tensor]]:
+        """Each branch's eval-mode ``(kernel, bias)``, computed in float64 and rounded once to the unit's dtype
+        (the most accurate deploy weights a float32 or half-precision unit can have)."""
         for i, branch in enumerate(self.branches):
             if not isinstance(branch, Branch) or type(branch).fold is Branch.fold:
                 raise ValueError(
                     f"branch {i} ({type(branch).__name__}) of this {self.config.family!r} unit cannot fold: "
                     "it is not an nsrep Branch with a fold() giving (kernel, bias)"
                 )
-            k_i, b_i = branch.fold()
-            if k_i.shape != self._kernel_shape():
+        dtype = next(self.branches.parameters()).dtype
+        branches = self.branches
+        if dtype != torch.float64:
+            branches = copy.deepcopy(branches).double()
+        folds = []
+        for i, branch in enumerate(branches):
+            kernel, bias = branch.fold()
+            if kernel.shape != self._kernel_shape():
                 raise ValueError(
-                    f"branch {i} ({type(branch).__name__}) folds to a kernel of shape {tuple(k_i.shape)}, "
+                    f"branch {i} ({type(branch).__name__}) folds to a kernel of shape {tuple(kernel.shape)}, "
                     f"expected {self._kernel_shape()}"
                 )
-            kernel = k_i if kernel is None else kernel + k_i
-            bias = b_i if bias is None else bias + b_i
-        return kernel, bias * self.bias_multiplier
+            folds.append((kernel, bias))
+        return folds
+
+    @torch.no_grad()
+    def fold_affine(self) -> tuple[Tensor, Tensor]:
+        """Eval-mode ``(kernel, bias)`` of the aggregate: ``sum_k W_k`` and ``bias_multiplier * sum_k b_k``."""
+        folds = self.branch_folds()
+        dtype = next(self.branches.parameters()).dtype
+        kernel = torch.stack([f[0] for f in folds]).sum(0)
+        bias = torch.stack([f[1] for f in folds]).sum(0) * self.bias_multiplier
+        return kernel.to(dtype), bias.to(dtype)
 
     def _kernel_shape(self) -> torch.Size:
         g = self.geometry

@@ -89,6 +89,17 @@ def _shortcut(layers: LayerFactory, in_ch: int, out_ch: int, stride: int, stream
     return layers.conv(in_ch, out_ch, 1, stride, streams=streams)
 
 
+class Stage(nn.Sequential):
+    """Residual blocks of one resolution; runs them through :func:`run_blocks` (optionally checkpointed)."""
+
+    def __init__(self, *blocks: nn.Module, memory: str = "default") -> None:
+        super().__init__(*blocks)
+        self.memory = memory
+
+    def forward(self, x: Tensor) -> Tensor:
+        return run_blocks(self, x, self.memory)
+
+
 class ResNet(nn.Module):
     """ResNet-18/34/50/101 and ResNeXt; ``stem_unit=False`` keeps the stem a plain conv+BN; ``memory``
     ("default" or "checkpoint") trades compute for activation memory per residual block."""
@@ -110,7 +121,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         check_choice("stem", stem, STEMS)
-        self.memory = check_memory(memory)
+        memory = check_memory(memory)
         widths = [scale_channels(c, width_mult) for c in (64, 128, 256, 512)]
         # cifar: 3×3 stride 1, no pool; imagenet: 7×7 stride 2 + 3×3 max-pool stride 2
         kernel, stride, pool = (3, 1, False) if stem == "cifar" else (7, 2, True)
@@ -125,15 +136,24 @@ class ResNet(nn.Module):
                 blk = block(layers, in_ch, planes, stride, streams, groups, width_per_group)
                 blocks.append(blk)
                 streams, in_ch = blk.out_streams, planes * block.expansion
-            stages.append(nn.Sequential(*blocks))
+            stages.append(Stage(*blocks, memory=memory))
         self.stages = nn.Sequential(*stages)
         self.head = ClassifierHead(layers, in_ch, num_classes)
         init_weights(self)
 
+    @property
+    def memory(self) -> str:
+        """``default`` or ``checkpoint`` (recompute each residual block's activations in backward)."""
+        return self.stages[0].memory
+
+    @memory.setter
+    def memory(self, value: str) -> None:
+        for stage in self.stages:
+            stage.memory = check_memory(value)
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem and stages: a stream set (training form) or a batch (deployed)."""
-        blocks = (block for stage in self.stages for block in stage)
-        return run_blocks(blocks, self.stem(x), self.memory)
+        return self.stages(self.stem(x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))
