@@ -20,18 +20,20 @@ from benchmarks.common import describe_machine, save_bar_chart, table, time_call
 from nsrep.units import set_implementation
 
 
-def build_forms(arch: str, family: str, device: str) -> dict[str, torch.nn.Module]:
+def build_forms(arch: str, family: str, device: str, deployed_only: bool) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     options = {"num_classes": 100, "stem": "cifar"}
     train = nsrep.create_model(arch, family=family, connectivity="ns", **options).to(device).eval()
-    reference = set_implementation(nsrep.create_model(arch, family=family, connectivity="ns", **options), "reference")
-    reference.load_state_dict(train.state_dict())
-    return {
+    forms = {
         "plain fused": nsrep.create_model(arch, deploy=True, **options).to(device).eval(),
         "deployed (NS folded)": nsrep.reparameterize(train),
-        "training form, eval (fast)": train,
-        "training form, eval (reference)": reference.to(device).eval(),
     }
+    if not deployed_only:
+        reference = nsrep.create_model(arch, family=family, connectivity="ns", **options)
+        set_implementation(reference, "reference").load_state_dict(train.state_dict())
+        forms["training form, eval (fast)"] = train
+        forms["training form, eval (reference)"] = reference.to(device).eval()
+    return forms
 
 
 @torch.inference_mode()
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--throughput-batch", type=int, default=64)
+    parser.add_argument("--deployed-only", action="store_true", help="time only plain fused vs deployed")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None)
@@ -64,10 +67,10 @@ def main() -> None:
     lines = [f"Machine: {describe_machine(args.device, args.threads)}", ""]
     labels, latency_ratio, throughput_ratio = [], [], []
     for arch in args.arch:
-        forms = build_forms(arch, args.family, args.device)
+        forms = build_forms(arch, args.family, args.device, args.deployed_only)
         params = {name: sum(p.numel() for p in m.parameters()) for name, m in forms.items()}
         lat = measure(forms, 1, args.rounds, args.calls, args.device)
-        thr_t = measure(forms, args.throughput_batch, args.rounds, max(1, args.calls // 2), args.device)
+        thr_t = measure(forms, args.throughput_batch, args.rounds, args.calls, args.device)
         plain = "plain fused"
         rows = []
         for name in forms:
