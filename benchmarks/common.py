@@ -45,7 +45,8 @@ def run_worker(module: str, config: dict[str, Any], threads: int, timeout: float
     cmd = [sys.executable, "-m", module, "--worker", json.dumps(config)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"worker {config} failed:\n{done.stderr[-4000:]}")
+        why = "killed (out of memory?)" if done.returncode < 0 else f"exit {done.returncode}"
+        raise RuntimeError(f"worker {config} failed:\n{done.stderr[-4000:]}\n{why}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

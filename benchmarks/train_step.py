@@ -96,16 +96,21 @@ def main() -> None:
     chart_labels, time_ratio, mem_ratio = [], [], []
     for arch in args.arch:
         for batch in args.batch_size:
-            results = {}
+            results, failed = {}, {}
             for variant in args.variants:
                 cfg = {"arch": arch, "batch_size": batch, "variant": variant, "device": args.device}
                 cfg.update(steps=args.steps, warmup=args.warmup)
-                results[variant] = run_worker("benchmarks.train_step", cfg, args.threads)
+                try:
+                    results[variant] = run_worker("benchmarks.train_step", cfg, args.threads)
+                except RuntimeError as err:  # e.g. killed for memory: report it, keep the other variants
+                    failed[variant] = str(err).strip().splitlines()[-1][:120]
+                    print(f"  {arch} b{batch} {variant}: FAILED ({failed[variant]})", flush=True)
+                    continue
                 r = results[variant]
                 print(f"  {arch} b{batch} {variant}: {r['median_s']:.3f} s, {r['peak_gib']:.2f} GiB", flush=True)
             plain = results.get("plain")
             reference = results.get("ns-ns reference")
-            rows = []
+            rows = [(variant, f"failed: {why}", *["-"] * 6) for variant, why in failed.items()]
             for variant, r in results.items():
                 rows.append(
                     (
