@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nsrep
+from nsrep.units import set_implementation
 
 F64_TOL = 1e-10
 F32_TOL = 1e-4
@@ -60,16 +61,24 @@ def classification_loss(num_classes: int):
 
 
 def assert_folds(model: nn.Module, make_input) -> nn.Module:
-    """Check the eval-mode training form against its folded form in float64 and float32; return the f64 fold."""
+    """Check the eval-mode training form against its folded form in float64 and float32; return the f64 fold.
+
+    The training form runs the per-branch reference implementation (every branch's own layers, unfolded):
+    the fast path's eval mode itself applies folded kernels, so comparing with it alone would be circular.
+    The fast path's eval is checked against the deployed form as well.
+    """
     model64 = model.double()
     deployed = nsrep.reparameterize(model64)
     x = make_input().double()
-    eq = nsrep.verify_equivalence(model64, deployed, x)
+    unfolded64 = set_implementation(copy.deepcopy(model64), "reference")
+    eq = nsrep.verify_equivalence(unfolded64, deployed, x)
     assert eq.max_rel_error <= F64_TOL, f"float64: {eq}"
+    eq_fast = nsrep.verify_equivalence(model64, deployed, x)
+    assert eq_fast.max_rel_error <= F64_TOL, f"float64, fast eval: {eq_fast}"
 
-    model32 = copy.deepcopy(model64).float()
-    deployed32 = nsrep.reparameterize(model32)
-    eq32 = nsrep.verify_equivalence(model32, deployed32, x.float())
+    unfolded32 = set_implementation(copy.deepcopy(model64).float(), "reference")
+    deployed32 = nsrep.reparameterize(copy.deepcopy(model64).float())
+    eq32 = nsrep.verify_equivalence(unfolded32, deployed32, x.float())
     assert eq32.max_rel_error <= F32_TOL, f"float32: {eq32}"
     return deployed
 

@@ -166,3 +166,12 @@ def test_demo_variant_folds_after_training():
     assert result.deploy_params < result.train_params
     assert result.deploy_macs < result.train_macs
     assert result.max_rel_error < 1e-4
+
+
+def test_training_macs_count_every_branch_even_for_block_connectivity():
+    """The fast path's eval applies folded kernels; training MACs must still count the per-branch work."""
+    from nsrep.info import count_macs, training_macs
+
+    model = nsrep.create_model("resnet18", family="dbb", connectivity="block", num_classes=10, width_mult=0.25)
+    deployed = nsrep.create_model("resnet18", deploy=True, num_classes=10, width_mult=0.25)
+    assert training_macs(model, 16) > 2 * count_macs(deployed, 16)

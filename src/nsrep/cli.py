@@ -9,6 +9,7 @@ Add ``train``, ``eval``, ``deploy`` and ``export`` the same way: a function plus
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -22,9 +23,10 @@ from tqdm.auto import tqdm
 
 from nsrep.connectivity import CONNECTIVITIES
 from nsrep.families import DEFAULT_NUM_BRANCHES, FAMILIES
-from nsrep.info import count_macs, count_parameters, format_info, markdown_table, model_info
+from nsrep.info import count_macs, count_parameters, format_info, markdown_table, model_info, training_macs
 from nsrep.models import create_model, list_models
 from nsrep.reparam import reparameterize, verify_equivalence
+from nsrep.units import set_implementation
 
 __all__ = ["DemoResult", "build_parser", "demo", "demo_variant", "format_demo", "info", "main"]
 
@@ -119,13 +121,15 @@ def demo_variant(
         optimizer.step()
         step_seconds.append(time.perf_counter() - start)
     deployed = reparameterize(model)
-    error = verify_equivalence(model, deployed, torch.randn(batch_size, 3, input_size, input_size))
+    # compare against the unfolded per-branch computation, not the fast path's folded eval
+    unfolded = set_implementation(copy.deepcopy(model), "reference")
+    error = verify_equivalence(unfolded, deployed, torch.randn(batch_size, 3, input_size, input_size))
     return DemoResult(
         family=family,
         connectivity=connectivity,
         train_params=count_parameters(model),
         deploy_params=count_parameters(deployed),
-        train_macs=count_macs(model, input_size),
+        train_macs=training_macs(model, input_size),
         deploy_macs=count_macs(deployed, input_size),
         step_seconds=statistics.median(step_seconds),
         max_rel_error=error.max_rel_error,

@@ -6,6 +6,7 @@ folds into, and how many sub-network topologies its connectivity can express (pa
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nsrep.models import create_model
 from nsrep.reparam import reparameterize
-from nsrep.units import RepConv2d
+from nsrep.units import RepConv2d, set_implementation
 
 __all__ = [
     "StageStreams",
@@ -30,6 +31,7 @@ __all__ = [
     "streams_per_stage",
     "topologies_block",
     "topologies_branch",
+    "training_macs",
     "unit_branch_counts",
 ]
 
@@ -70,6 +72,15 @@ def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
     convs. The mode of ``model`` is restored afterwards.
     """
     return _profile(model, input_size, in_chans, watch_streams=False)[0]
+
+
+def training_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
+    """Multiply-adds of the method's own arithmetic: every branch on every stream, hidden maps included.
+
+    Counted on a copy switched to the per-branch reference implementation, so the number does not depend on
+    the fast path's merging (whose eval mode runs folded kernels and would report the deployed cost).
+    """
+    return count_macs(set_implementation(copy.deepcopy(model), "reference"), input_size, in_chans)
 
 
 def unit_branch_counts(model: nn.Module) -> list[int]:
@@ -194,7 +205,8 @@ def model_info(
             f"parameters but create_model(deploy=True) has {count_parameters(plain)}"
         )
     counts = unit_branch_counts(train)
-    train_macs, streams = _profile(train, input_size, in_chans)
+    reference = set_implementation(copy.deepcopy(train), "reference")  # the per-branch arithmetic
+    train_macs, streams = _profile(reference, input_size, in_chans)
     return {
         "arch": arch,
         "family": family,
