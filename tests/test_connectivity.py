@@ -68,11 +68,12 @@ def test_stochastic_draws_new_partitions_and_zero_is_fixed():
 
 def test_pair_drop_is_training_only_and_unbiased():
     pairs = torch.ones(4, 3, 2000, 1, 1, 1, dtype=torch.float64)
-    dropped = conn.drop_pairs(pairs, 0.25)
+    dropped = pairs * conn.pair_drop_mask((4, 3, 2000, 1, 1, 1), 0.25, pairs)
     assert set(dropped.unique().tolist()) <= {0.0, 1.0 / 0.75}
     assert abs(dropped.mean().item() - 1.0) < 0.03
     # all channels/pixels of one (branch, stream, sample) share the decision
-    wide = conn.drop_pairs(torch.ones(2, 2, 50, 3, 4, 4), 0.5)
+    ones = torch.ones(2, 2, 50, 3, 4, 4)
+    wide = ones * conn.pair_drop_mask((2, 2, 50, 1, 1, 1), 0.5, ones)
     assert torch.all(wide.amax((3, 4, 5)) == wide.amin((3, 4, 5)))
 
     unit = RepConv2d(4, 4, 3, family="acnet", connectivity="ns", in_streams=2, pair_drop=0.5, stochastic=0).eval()

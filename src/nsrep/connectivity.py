@@ -12,7 +12,6 @@ from torch import Tensor
 
 __all__ = [
     "CONNECTIVITIES",
-    "drop_pairs",
     "fixed_partition",
     "group_pairs",
     "group_pairs_sbk",
@@ -106,10 +105,3 @@ def group_pairs_sbk(y: Tensor, partition: Tensor) -> Tensor:
     if partition.numel() != s * k:
         raise ValueError(f"partition of shape {tuple(partition.shape)} does not cover {s * k} pairs")
     return _GroupSumSBK.apply(y, partition.cpu())
-
-
-def drop_pairs(pairs: Tensor, rate: float) -> Tensor:
-    """Apply a fresh pair-drop mask to pairs (K, S, B, C, H, W); identity when ``rate`` is 0."""
-    if rate <= 0.0:
-        return pairs
-    return pairs * pair_drop_mask(pairs.shape[:3] + (1,) * (pairs.dim() - 3), rate, pairs)
