@@ -157,3 +157,13 @@ def test_stochastic_training_under_torch_compile():
     torch.manual_seed(3)
     torch.testing.assert_close(y, ref(x), rtol=1e-10, atol=1e-10)
     y.sum().backward()
+
+
+def test_fast_path_with_affine_free_batch_statistics_bns():
+    """BNs without affine parameters or running statistics (batch statistics only) merge like the others."""
+    unit = RepConv2d(4, 4, 3, family="acnet", connectivity="ns", in_streams=2).double()
+    for branch in unit.branches:
+        branch.bn = nn.BatchNorm2d(4, affine=False, track_running_stats=False).double()
+    ref = set_implementation(copy.deepcopy(unit), "reference")
+    x = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(_run(unit, x, 0)[0], _run(ref, x, 0)[0], rtol=1e-10, atol=1e-10)

@@ -57,11 +57,9 @@ def split_groups(z: Tensor, num_branches: int, groups: int) -> Tensor:
 def _merged_batch_norm(z: Tensor, bns: Sequence[nn.BatchNorm2d], training: bool) -> Tensor:
     """One ``F.batch_norm`` over (N, K*C, H, W); running statistics written back to each branch's BN."""
     first = bns[0]
-    weight = torch.cat([bn.weight if bn.weight is not None else torch.ones_like(bn.running_var) for bn in bns])
-    bias = torch.cat([bn.bias if bn.bias is not None else torch.zeros_like(bn.running_var) for bn in bns])
-    tracking = first.track_running_stats and first.running_mean is not None
-    use_batch_stats = training or not tracking
-    if not tracking:
+    weight = torch.cat([z.new_ones(bn.num_features) if bn.weight is None else bn.weight for bn in bns])
+    bias = torch.cat([z.new_zeros(bn.num_features) if bn.bias is None else bn.bias for bn in bns])
+    if not (first.track_running_stats and first.running_mean is not None):  # batch statistics only
         return F.batch_norm(z, None, None, weight, bias, True, 0.0, first.eps)
     running_mean = torch.cat([bn.running_mean for bn in bns])
     running_var = torch.cat([bn.running_var for bn in bns])
@@ -70,7 +68,7 @@ def _merged_batch_norm(z: Tensor, bns: Sequence[nn.BatchNorm2d], training: bool)
         for bn in bns:
             bn.num_batches_tracked.add_(1)
         momentum = 1.0 / float(first.num_batches_tracked) if first.momentum is None else first.momentum
-    out = F.batch_norm(z, running_mean, running_var, weight, bias, use_batch_stats, momentum, first.eps)
+    out = F.batch_norm(z, running_mean, running_var, weight, bias, training, momentum, first.eps)
     if training:
         with torch.no_grad():
             for i, bn in enumerate(bns):
