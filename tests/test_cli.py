@@ -6,7 +6,7 @@ import pytest
 from torch import nn
 
 import nsrep
-from nsrep.cli import demo_variant, main
+from nsrep.cli import main
 from nsrep.info import (
     count_macs,
     count_parameters,
@@ -159,13 +159,6 @@ def test_bad_command_line_exits_2(capsys):
     assert main(["info"]) == 2  # missing architecture: argparse's own message
     assert "arch" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
-
-
-def test_demo_variant_folds_after_training():
-    result = demo_variant("dbb", "ns", width_mult=0.125, input_size=8, steps=1, batch_size=4)
-    assert result.deploy_params < result.train_params
-    assert result.deploy_macs < result.train_macs
-    assert result.max_rel_error < 1e-4
 
 
 def test_training_macs_count_every_branch_even_for_block_connectivity():

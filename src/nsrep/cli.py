@@ -3,44 +3,28 @@
 A subcommand is registered in :func:`build_parser` with arguments whose ``dest`` names are the function's
 parameters; :func:`main` parses, then calls the function with them. User errors (``ValueError``: an unknown
 architecture, family, connectivity, ...) print ``nsrep: error: ...`` and exit with status 2, no traceback.
-Add ``train``, ``eval``, ``deploy`` and ``export`` the same way: a function plus a ``_add_command`` call.
+Commands: ``info``, ``train``, ``eval``, ``deploy``, ``export``, ``demo``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import statistics
+import os
 import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
-
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from nsrep.connectivity import CONNECTIVITIES
 from nsrep.families import DEFAULT_NUM_BRANCHES, FAMILIES
-from nsrep.info import count_macs, count_parameters, format_info, markdown_table, model_info, training_macs
-from nsrep.models import create_model, list_models
-from nsrep.reparam import reparameterize, verify_equivalence
-from nsrep.units import set_implementation
+from nsrep.info import format_info, markdown_table, model_info
+from nsrep.models import list_models
+from nsrep.train.config import list_recipes
 
-__all__ = ["DemoResult", "build_parser", "demo", "demo_variant", "format_demo", "info", "main"]
+__all__ = ["build_parser", "demo", "deploy", "evaluate", "export", "info", "main", "train"]
 
 PROG = "nsrep"
 EXIT_USAGE = 2  # argparse's status for a bad command line; user-input errors reuse it
-
-# (family, connectivity) pairs `nsrep demo` trains: the baseline, block-level DBB, branch-level units.
-DEMO_VARIANTS: tuple[tuple[str, str], ...] = (
-    ("plain", "block"),
-    ("dbb", "block"),
-    ("dbb", "ns"),
-    ("ns", "ns"),
-    ("acnet", "ns"),
-)
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -73,109 +57,107 @@ def info(
     print(format_info(report))
 
 
-@dataclass(frozen=True)
-class DemoResult:
-    """One row of the demo table: cost of both forms, training speed and fold error of one variant."""
-
-    family: str
-    connectivity: str
-    train_params: int
-    deploy_params: int
-    train_macs: int
-    deploy_macs: int
-    step_seconds: float  # median wall time of one SGD step (forward, backward, update)
-    max_rel_error: float  # deployed vs training form (eval) on a fresh batch, relative to max |output|
-
-
-def demo_variant(
-    family: str,
-    connectivity: str,
+def train(
     *,
-    arch: str = "resnet18",
-    width_mult: float = 0.25,
-    input_size: int = 32,
-    num_classes: int = 10,
-    steps: int = 3,
-    batch_size: int = 16,
-    seed: int = 0,
-) -> DemoResult:
-    """Train one variant a few SGD steps on random data, fold it and measure how exactly it folded.
+    recipe: str | None = None,
+    data: str | None = None,
+    arch: str | None = None,
+    family: str | None = None,
+    connectivity: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    out: str | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    overrides: Sequence[str] = (),
+) -> None:
+    """Train a model with a recipe (YAML) plus overrides, then fold it and save the deployed form.
 
-    Training first moves the BN statistics away from their initial values, so the fold check exercises
-    every term of the folded bias (STYLE: equivalence tests that can fail).
+    ``--resume`` continues the run in ``--out`` with its stored configuration (options given must agree).
+    Under ``torchrun --nproc_per_node N`` every rank runs this; rank 0 writes the run folder.
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
-    torch.manual_seed(seed)
-    options = {"stem": "cifar", "num_classes": num_classes, "width_mult": width_mult}
-    model = create_model(arch, family=family, connectivity=connectivity, **options).float().train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    step_seconds = []
-    for _ in range(steps):
-        images = torch.randn(batch_size, 3, input_size, input_size)
-        labels = torch.randint(0, num_classes, (batch_size,))
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step_seconds.append(time.perf_counter() - start)
-    deployed = reparameterize(model)
-    # compare against the unfolded per-branch computation, not the fast path's folded eval
-    unfolded = set_implementation(copy.deepcopy(model), "reference")
-    error = verify_equivalence(unfolded, deployed, torch.randn(batch_size, 3, input_size, input_size))
-    return DemoResult(
-        family=family,
-        connectivity=connectivity,
-        train_params=count_parameters(model),
-        deploy_params=count_parameters(deployed),
-        train_macs=training_macs(model, input_size),
-        deploy_macs=count_macs(deployed, input_size),
-        step_seconds=statistics.median(step_seconds),
-        max_rel_error=error.max_rel_error,
-    )
+    from nsrep.train.config import TrainConfig, apply_overrides, load_recipe, parse_override
+    from nsrep.train.trainer import stored_config
+    from nsrep.train.trainer import train as run_training
 
-
-def demo(*, steps: int = 3, batch_size: int = 16) -> None:
-    """Train ResNet-18 (width 0.25, CIFAR stem) briefly in five variants, fold each and print one table."""
-    results = [
-        demo_variant(family, connectivity, steps=steps, batch_size=batch_size)
-        for family, connectivity in _progress(DEMO_VARIANTS, desc="nsrep demo")
-    ]
-    print(format_demo(results))
-
-
-def format_demo(results: Sequence[DemoResult]) -> str:
-    """The demo table: one row per variant."""
-    header = (
-        "family",
-        "connectivity",
-        "training params",
-        "deployed params",
-        "training MACs",
-        "deployed MACs",
-        "train step (s)",
-        "max rel error",
-    )
-    rows = [
-        (
-            r.family,
-            r.connectivity,
-            f"{r.train_params:,}",
-            f"{r.deploy_params:,}",
-            f"{r.train_macs:,}",
-            f"{r.deploy_macs:,}",
-            f"{r.step_seconds:.3f}",
-            f"{r.max_rel_error:.2e}",
+    if resume and recipe is None and out is not None:
+        config = stored_config(out)
+    else:
+        recipe = recipe or "demo"
+        config = TrainConfig.from_dict(load_recipe(recipe), source=f"recipe {recipe!r}")
+    flags = {"data": data, "arch": arch, "family": family, "connectivity": connectivity}
+    flags |= {"epochs": epochs, "batch_size": batch_size}
+    config = apply_overrides(config, {k: v for k, v in flags.items() if v is not None}, source="option")
+    config = apply_overrides(config, dict(parse_override(o) for o in overrides), source="--set")
+    result = run_training(config, out, resume=resume, stop_after=stop_after)
+    if result.finished and int(os.environ.get("RANK", "0")) == 0:
+        print(
+            markdown_lines(
+                ("form", "top-1 (%)", "top-5 (%)", "loss", "params"),
+                [
+                    ("training", *_eval_cells(result.train_form), f"{result.train_params:,}"),
+                    ("deployed", *_eval_cells(result.deployed_form), f"{result.deploy_params:,}"),
+                ],
+            )
         )
-        for r in results
-    ]
+        print(f"max relative logit difference (deployed vs training form): {result.max_rel_logit_diff:.2e}")
+        if out is not None:
+            print(f"run folder: {out} (deployed model in {Path(out) / 'deploy'})")
+
+
+def _eval_cells(result: Any) -> tuple[str, str, str]:
+    return f"{result.top1:.2f}", f"{result.top5:.2f}", f"{result.loss:.4f}"
+
+
+def markdown_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table as one string."""
     return "\n".join(markdown_table(header, rows))
 
 
-def _progress(items: Sequence[Any], desc: str) -> Iterable[Any]:
-    """A progress bar on stderr (throughput and ETA) over ``items``."""
-    return tqdm(items, desc=desc, unit="variant", leave=False)
+def evaluate(checkpoint: str, *, data: str | None = None, batch_size: int = 512, device: str = "auto") -> None:
+    """Evaluate a training checkpoint before and after folding (same batches), or a deploy folder."""
+    from nsrep.train.runs import evaluate_path
+
+    report = evaluate_path(checkpoint, data, batch_size=batch_size, device=device)
+    rows = []
+    if report.train_form is not None:
+        rows.append(("training", *_eval_cells(report.train_form), f"{report.train_params:,}"))
+    rows.append(("deployed", *_eval_cells(report.deployed_form), f"{report.deploy_params:,}"))
+    print(markdown_lines(("form", "top-1 (%)", "top-5 (%)", "loss", "params"), rows))
+    if report.max_rel_logit_diff is not None:
+        print(f"max relative logit difference (deployed vs training form): {report.max_rel_logit_diff:.2e}")
+
+
+def deploy(checkpoint: str, *, out: str) -> None:
+    """Fold a training checkpoint into the plain network; save safetensors weights and config.json in OUT."""
+    from nsrep.train.runs import deploy_checkpoint
+
+    folder, equivalence = deploy_checkpoint(checkpoint, out)
+    print(f"deployed model written to {folder}; vs the unfolded branches: {equivalence}")
+
+
+def export(model_dir: str, *, onnx: bool = False, torchscript: bool = False) -> None:
+    """Export a deploy folder to ONNX (checked with onnxruntime) and/or TorchScript."""
+    from nsrep.export import export_onnx, export_torchscript
+
+    if not (onnx or torchscript):
+        raise ValueError("nothing to export: pass --onnx and/or --torchscript")
+    if onnx:
+        path, error = export_onnx(model_dir)
+        print(f"ONNX: {path} (onnxruntime vs PyTorch: max rel error {error:.2e})")
+    if torchscript:
+        path, error = export_torchscript(model_dir)
+        print(f"TorchScript: {path} (vs eager: max rel error {error:.2e})")
+
+
+def demo(*, out: str = "runs/demo", epochs: int | None = None, fresh: bool = False) -> None:
+    """Train the plain baseline, block-level DBB and NS on the bundled digits; print a table, plot curves."""
+    from nsrep.train.demo import CURVES_FILE, format_demo_table, run_demo
+
+    overrides = {"epochs": epochs} if epochs is not None else {}
+    rows = run_demo(out, overrides=overrides, fresh=fresh)
+    print(format_demo_table(rows))
+    print(f"learning curves: {Path(out) / CURVES_FILE}")
 
 
 # ----------------------------------------------------------------------------------------------- parser
@@ -232,9 +214,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(p)
     p.add_argument("--input-size", type=int, default=32, help="input height and width (default: 32)")
 
+    p = _add_command(subparsers, train)
+    p.add_argument(
+        "--recipe",
+        help=f"recipe name ({', '.join(list_recipes())}) or a YAML path (default: demo; with --resume: the run's)",
+    )
+    p.add_argument("--data", help="digits, synthetic, a CIFAR python folder or an ImageNet-style folder")
+    p.add_argument("--arch", help=f"architecture: {', '.join(list_models())}")
+    p.add_argument("--family", help=f"unit family: {', '.join(FAMILIES)}")
+    p.add_argument("--connectivity", help=f"how branches connect: {', '.join(CONNECTIVITIES)}")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size (split over ranks and accumulation steps)")
+    p.add_argument("--out", help="run folder: checkpoint.pt, metrics.jsonl, summary.json, deploy/")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop this invocation after N epochs")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any recipe key (value read as YAML), e.g. --set lr=0.05 --set autoaugment=null",
+    )
+
+    p = _add_command(subparsers, evaluate, name="eval")
+    p.add_argument("checkpoint", help="a run folder, its checkpoint.pt, or a deploy folder")
+    p.add_argument("--data", help="data to evaluate on (default: the data the run was trained on)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    p = _add_command(subparsers, deploy)
+    p.add_argument("checkpoint", help="a run folder or its checkpoint.pt")
+    p.add_argument("--out", required=True, help="deploy folder to write")
+
+    p = _add_command(subparsers, export)
+    p.add_argument("model_dir", help="a deploy folder (from nsrep train or nsrep deploy)")
+    p.add_argument("--onnx", action="store_true", help="write model.onnx and check it with onnxruntime")
+    p.add_argument("--torchscript", action="store_true", help="write model.torchscript.pt")
+
     p = _add_command(subparsers, demo)
-    p.add_argument("--steps", type=int, default=3, help="SGD steps per variant (default: 3)")
-    p.add_argument("--batch-size", type=int, default=16, help="batch size (default: 16)")
+    p.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
+    p.add_argument("--epochs", type=int, help="epochs per variant (default: the demo recipe's)")
+    p.add_argument("--fresh", action="store_true", help="retrain variants even when a finished run exists")
     return parser
 
 

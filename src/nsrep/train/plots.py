@@ -1,0 +1,39 @@
+"""Figures of training runs (PNG via matplotlib's non-interactive backend)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nsrep.fileio import atomic_write
+
+__all__ = ["plot_learning_curves"]
+
+
+def plot_learning_curves(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, *, title: str = "Learning curves"
+) -> Path:
+    """Test top-1 and training loss per epoch, one line per run (``metrics.jsonl`` records), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for label, records in runs.items():
+        epochs = [r["epoch"] for r in records]
+        ax_acc.plot(epochs, [r["test_top1"] for r in records], marker="o", markersize=3, label=label)
+        ax_loss.plot(epochs, [r["train_loss"] for r in records], marker="o", markersize=3, label=label)
+    ax_acc.set(xlabel="epoch", ylabel="test top-1 accuracy (%)", title="Test accuracy (training form)")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.suptitle(title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))

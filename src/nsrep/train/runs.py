@@ -1,0 +1,118 @@
+"""What happens to a finished run: rebuild its model from a checkpoint, evaluate it, deploy it.
+
+``nsrep eval``, ``nsrep deploy`` and the demo are thin wrappers around these functions.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from nsrep.export import CONFIG_FILE, load_deployed, read_preprocess, save_deployed
+from nsrep.info import count_parameters
+from nsrep.models import create_model
+from nsrep.reparam import Equivalence, reparameterize, verify_equivalence
+from nsrep.train import distributed
+from nsrep.train.augment import build_transform
+from nsrep.train.checkpoint import load_checkpoint
+from nsrep.train.data import ImageData, load_data
+from nsrep.train.trainer import EvalResult, evaluate
+from nsrep.units import set_implementation
+
+__all__ = ["RunEvaluation", "deploy_checkpoint", "evaluate_path", "model_from_checkpoint"]
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> nn.Module:
+    """The training-form model of a checkpoint, rebuilt from its stored config, weights loaded strictly."""
+    config = dict(state["model_config"])
+    model = create_model(**config)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint weights do not match the model of its config {config}: {err}") from err
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class RunEvaluation:
+    """Accuracy of a checkpoint's training form (None for a deploy folder) and of its deployed form."""
+
+    train_form: EvalResult | None
+    deployed_form: EvalResult
+    max_rel_logit_diff: float | None
+    train_params: int | None
+    deploy_params: int
+
+
+def _check_data_fits(data: ImageData, meta: dict[str, Any], source: str) -> None:
+    for key, have in (("num_classes", data.num_classes), ("in_chans", data.in_chans)):
+        want = meta.get(key)
+        if want is not None and want != have:
+            raise ValueError(
+                f"{source} was trained with {key}={want} ({meta.get('data', 'its data')}), "
+                f"but the data {data.name!r} has {key}={have}"
+            )
+
+
+def evaluate_path(
+    path: str | os.PathLike, data: str | None = None, *, batch_size: int = 512, device: str = "auto"
+) -> RunEvaluation:
+    """Evaluate a training checkpoint (both forms, same batches) or a deploy folder on ``data``.
+
+    ``data`` defaults to the data the run was trained on.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_FILE).is_file():  # a deploy folder
+        meta = read_preprocess(path)
+        train_form, deployed = None, load_deployed(path)
+    else:
+        state = load_checkpoint(path)
+        meta = state.get("data", {})
+        train_form = model_from_checkpoint(state)
+        deployed = reparameterize(train_form)
+    source = data if data is not None else meta.get("data")
+    if source is None:
+        raise ValueError(f"{str(path)!r} does not record its data; pass --data")
+    images = load_data(source)
+    _check_data_fits(images, meta, str(path))
+    size = meta.get("input_size")
+    if size is not None and images.image_size != size:  # image folders and synthetic data take any size
+        images = load_data(source, image_size=size)
+    env = distributed.setup(device)
+    transform = build_transform(
+        images.augment, train=False, image_size=images.image_size, mean=images.mean, std=images.std
+    )
+    loader = DataLoader(images.test, batch_size=batch_size, shuffle=False)
+    models = [m.to(env.device) for m in (train_form, deployed) if m is not None]
+    results, diff = evaluate(models, loader, transform, env)
+    return RunEvaluation(
+        train_form=results[0] if train_form is not None else None,
+        deployed_form=results[-1],
+        max_rel_logit_diff=diff if train_form is not None else None,
+        train_params=count_parameters(train_form) if train_form is not None else None,
+        deploy_params=count_parameters(deployed),
+    )
+
+
+def deploy_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, Equivalence]:
+    """Fold a training checkpoint and save the deployed form; also checks it against the unfolded branches.
+
+    The check runs the per-branch reference computation (not the fast path, which itself applies folded
+    kernels in eval) and the deployed network on a random batch of the run's input shape.
+    """
+    state = load_checkpoint(path)
+    model = model_from_checkpoint(state)
+    deployed = reparameterize(model)
+    meta = state.get("data", {})
+    size, chans = int(meta.get("input_size", 32)), int(meta.get("in_chans", 3))
+    example = torch.randn(8, chans, size, size, generator=torch.Generator().manual_seed(0))
+    equivalence = verify_equivalence(set_implementation(copy.deepcopy(model), "reference"), deployed, example)
+    out = save_deployed(deployed, out_dir, preprocess=meta or None)
+    return out, equivalence

@@ -1,0 +1,576 @@
+"""The training loop: one run of a :class:`TrainConfig`, resumable, data-parallel, ending in a deployed model.
+
+A run folder holds ``config.yaml`` (what was asked), ``checkpoint.pt`` (rewritten atomically after every
+epoch), ``metrics.jsonl`` (one JSON line per epoch), ``summary.json`` (final accuracies of the training and
+deployed forms) and ``deploy/`` (safetensors weights and the JSON that rebuilds the plain network).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import random
+import resource
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+from nsrep.export import save_deployed
+from nsrep.fileio import atomic_write
+from nsrep.info import count_parameters
+from nsrep.models import create_model
+from nsrep.reparam import reparameterize, unwrap_model, verify_equivalence
+from nsrep.train import distributed
+from nsrep.train.augment import BatchTransform, build_transform
+from nsrep.train.checkpoint import load_checkpoint, save_checkpoint
+from nsrep.train.config import EXECUTION_FIELDS, TrainConfig
+from nsrep.train.data import ImageData, load_data
+from nsrep.units import set_implementation
+
+__all__ = ["EvalResult", "TrainResult", "evaluate", "lr_factor", "param_groups", "stored_config", "train"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+DEPLOY_DIR = "deploy"
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Loss and top-1/top-5 accuracy (percent) of a model on ``count`` test images."""
+
+    loss: float
+    top1: float
+    top5: float
+    count: int
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run produced; ``deployed`` is None when the run stopped early."""
+
+    config: TrainConfig
+    run_dir: Path | None
+    epochs_done: int
+    metrics: list[dict[str, Any]]
+    train_form: EvalResult | None = None
+    deployed_form: EvalResult | None = None
+    max_rel_logit_diff: float | None = None  # deployed vs training form (eval) over the whole test set
+    fold_check: float | None = None  # deployed vs the unfolded per-branch computation, first test images
+    train_params: int = 0
+    deploy_params: int = 0
+    deployed: nn.Module | None = field(default=None, repr=False)
+    deployed_digests: list[str] = field(default_factory=list)  # sha256 of the deployed weights, per rank
+
+    @property
+    def finished(self) -> bool:
+        return self.deployed is not None
+
+
+# ------------------------------------------------------------------------------------------ optimisation
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights only (tensors with >1 dim) unless ``decay_norm_and_bias``."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 or decay_norm_and_bias else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def lr_factor(step: int, *, total_steps: int, warmup_steps: int, config: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of ``config.lr`` at optimiser step ``step``: linear warm-up, then the schedule."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    floor = config.min_lr / config.lr
+    if config.schedule == "constant":
+        return 1.0
+    if config.schedule == "step":
+        epoch = step // max(steps_per_epoch, 1)
+        return max(0.1 ** sum(epoch >= m for m in config.step_milestones), floor)
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _top_k_correct(logits: Tensor, labels: Tensor, ks: Sequence[int]) -> list[int]:
+    top = logits.topk(max(ks), dim=1).indices
+    hits = top == labels[:, None]
+    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    models: Sequence[nn.Module],
+    loader: DataLoader,
+    transform: BatchTransform,
+    env: distributed.DistEnv,
+    *,
+    channels_last: bool = False,
+    autocast: Any = nullcontext,
+    progress: bool = False,
+) -> tuple[list[EvalResult], float]:
+    """Evaluate models on the same batches; returns their results and the max relative difference of every
+    model's logits to the first one's (0.0 for a single model). Sharded over ranks; counts are summed."""
+    for m in models:
+        m.eval()
+    n = len(models)
+    sums = torch.zeros(n, 3, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits
+    count, max_diff, max_ref = 0, 0.0, 0.0
+    for images, labels in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
+        images, labels = _to_device(images, labels, env.device, channels_last)
+        x = transform(images)
+        outputs = []
+        for i, m in enumerate(models):
+            with autocast():
+                logits = m(x).float()
+            outputs.append(logits)
+            sums[i, 0] += F.cross_entropy(logits, labels, reduction="sum").item()
+            top1, top5 = _top_k_correct(logits, labels, (1, min(5, logits.shape[1])))
+            sums[i, 1] += top1
+            sums[i, 2] += top5
+        for other in outputs[1:]:
+            max_diff = max(max_diff, (other.double() - outputs[0].double()).abs().max().item())
+        max_ref = max(max_ref, outputs[0].double().abs().max().item())
+        count += labels.numel()
+    totals = distributed.sum_tensor(torch.cat([sums.flatten(), torch.tensor([count], dtype=torch.float64)]), env)
+    sums, count = totals[:-1].view(n, 3), int(totals[-1].item())
+    diffs = distributed.all_gather_objects((max_diff, max_ref), env)
+    rel_diff = max(d for d, _ in diffs) / max(max(r for _, r in diffs), 1e-30)
+    results = [
+        EvalResult(
+            loss=s[0].item() / count, top1=100 * s[1].item() / count, top5=100 * s[2].item() / count, count=count
+        )
+        for s in sums
+    ]
+    return results, rel_diff
+
+
+# ------------------------------------------------------------------------------------------ set-up helpers
+
+
+def _to_device(images: Tensor, labels: Tensor, device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+def _use(setting: bool | str, device: torch.device) -> bool:
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def _autocast_factory(enabled: bool, device: torch.device) -> tuple[Any, torch.dtype | None]:
+    if not enabled:
+        return nullcontext, None
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.bfloat16
+    return (lambda: torch.autocast(device.type, dtype=dtype)), dtype
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every generator a run draws from, as plain Python values (bytes, ints): picklable for all_gather_object
+    and loadable with ``torch.load(weights_only=True)``."""
+    name, keys, *rest = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state().numpy().tobytes(),
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), *rest],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.numpy().tobytes() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _byte_tensor(data: bytes) -> Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(_byte_tensor(state["torch"]))
+    random.setstate(_tuplify(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_byte_tensor(s) for s in state["cuda"]])
+
+
+def _tuplify(value: Any) -> Any:
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _weights_digest(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # resident set high-water mark of this process (KiB on Linux)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _config_conflicts(saved: dict[str, Any], asked: TrainConfig) -> list[str]:
+    asked_dict = asked.to_dict()
+    return [
+        f"{key}={saved.get(key)!r} in the checkpoint, {value!r} asked"
+        for key, value in asked_dict.items()
+        if key not in EXECUTION_FIELDS and saved.get(key) != value
+    ]
+
+
+def _prepare_run_dir(run_dir: Path | None, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """Refuse to overwrite a run and to resume a different one; returns the checkpoint to resume from."""
+    if run_dir is None:
+        if resume:
+            raise ValueError("--resume needs the run folder (--out) of the run to continue")
+        return None
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if not resume:
+        if checkpoint.exists() or (run_dir / SUMMARY_FILE).exists():
+            raise ValueError(
+                f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        return None
+    if not checkpoint.exists():
+        raise ValueError(f"nothing to resume: {str(checkpoint)!r} does not exist")
+    state = load_checkpoint(checkpoint)
+    conflicts = _config_conflicts(state["config"], config)
+    if conflicts:
+        raise ValueError(f"cannot resume {str(run_dir)!r} with a different configuration: {'; '.join(conflicts)}")
+    return state
+
+
+def stored_config(run_dir: str | Path) -> TrainConfig:
+    """The configuration a run folder's checkpoint was trained with."""
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
+    return TrainConfig.from_dict(state["config"], source=f"checkpoint in {str(run_dir)!r}")
+
+
+def _write_metrics(run_dir: Path, metrics: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(m) + "\n" for m in metrics)
+    atomic_write(run_dir / METRICS_FILE, lambda f: f.write(text.encode()))
+
+
+def _tensorboard(run_dir: Path | None) -> Any:
+    if run_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _loaders(
+    data: ImageData, config: TrainConfig, env: distributed.DistEnv
+) -> tuple[DataLoader, DistributedSampler, DataLoader]:
+    micro_batch, rest = divmod(config.batch_size, env.world_size * config.grad_accum)
+    if rest or micro_batch < 1:
+        raise ValueError(
+            f"batch_size {config.batch_size} must be a multiple of ranks x grad_accum "
+            f"({env.world_size} x {config.grad_accum})"
+        )
+    # DistributedSampler with one replica is a plain seeded shuffle; set_epoch(e) makes epoch e's order a
+    # function of (seed, e) only, so a resumed run sees the same batches.
+    sampler = DistributedSampler(
+        data.train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=config.seed, drop_last=True
+    )
+    pin = env.device.type == "cuda"
+    common = {"num_workers": config.workers, "pin_memory": pin, "persistent_workers": config.workers > 0}
+    train_loader = DataLoader(data.train, batch_size=micro_batch, sampler=sampler, drop_last=True, **common)
+    if len(train_loader) < config.grad_accum:
+        raise ValueError(
+            f"the training set ({len(data.train)} images) is smaller than one batch of {config.batch_size}; "
+            "lower --batch-size"
+        )
+    test_shard = Subset(data.test, range(env.rank, len(data.test), env.world_size))
+    test_loader = DataLoader(test_shard, batch_size=config.eval_batch_size, shuffle=False, **common)
+    return train_loader, sampler, test_loader
+
+
+def _micro_batches(loader: DataLoader, accum: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """(index within the optimiser step, images, labels); a trailing incomplete step is dropped."""
+    usable = len(loader) // accum * accum
+    for i, (images, labels) in enumerate(loader):
+        if i >= usable:
+            break
+        yield i % accum, images, labels
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train ``config`` (in ``run_dir`` when given), then fold it and evaluate both forms.
+
+    ``resume`` continues the run in ``run_dir`` from its last checkpoint exactly (model, optimiser, schedule,
+    scaler and RNG states). ``stop_after`` ends this invocation after that many epochs (for time-limited
+    jobs; continue later with ``resume``). Under ``torchrun`` every rank calls this; rank 0 writes files.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else None
+    env = distributed.setup(config.device)
+    try:
+        return _train(config, run_dir, env, resume=resume, stop_after=stop_after)
+    finally:
+        distributed.cleanup(env)
+
+
+def _train(
+    config: TrainConfig, run_dir: Path | None, env: distributed.DistEnv, *, resume: bool, stop_after: int | None
+) -> TrainResult:
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after must be >= 1, got {stop_after}")
+    state = _prepare_run_dir(run_dir, config, resume)  # every rank checks, so all fail alike
+    data = load_data(config.data, image_size=config.image_size)
+    kind = config.augment or data.augment
+    aug = {"image_size": data.image_size, "mean": data.mean, "std": data.std}
+    train_tf = build_transform(
+        kind, train=True, crop_padding=config.crop_padding, hflip=config.hflip, autoaugment=config.autoaugment, **aug
+    )
+    eval_tf = build_transform(kind, train=False, **aug)
+    train_loader, sampler, test_loader = _loaders(data, config, env)
+
+    _seed_everything(config.seed)  # same initial weights on every rank
+    model = create_model(**config.model_kwargs(), num_classes=data.num_classes, in_chans=data.in_chans)
+    channels_last = _use(config.channels_last, env.device)
+    model.to(env.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    optimizer = torch.optim.SGD(
+        param_groups(model, config.weight_decay, config.decay_norm_and_bias),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+    )
+    steps_per_epoch = len(train_loader) // config.grad_accum
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(
+            step, total_steps=total_steps, warmup_steps=warmup_steps, config=config, steps_per_epoch=steps_per_epoch
+        ),
+    )
+    autocast, amp_dtype = _autocast_factory(_use(config.amp, env.device), env.device)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    metrics: list[dict[str, Any]] = []
+    start_epoch = 0
+    if state is not None:
+        unwrap_model(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, metrics = state["epoch"], list(state["metrics"])
+        rng = state["rng"]
+        if len(rng) == env.world_size:
+            _set_rng_state(rng[env.rank])
+        else:  # another world size: the run continues, but not bit-for-bit
+            _seed_everything(config.seed + 1000 * start_epoch + env.rank)
+    else:
+        _seed_everything(config.seed + env.rank)  # ranks draw different augmentations and partitions
+
+    ddp = DistributedDataParallel(model) if env.distributed else model
+    writer = None
+    if env.is_main and run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if state is None:
+            atomic_write(run_dir / CONFIG_FILE, lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
+        _write_metrics(run_dir, metrics)  # a resumed run drops lines of epochs after its checkpoint
+        writer = _tensorboard(run_dir)
+    show = env.is_main and config.progress
+
+    last_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, last_epoch):
+        sampler.set_epoch(epoch)
+        ddp.train()
+        started = time.perf_counter()
+        loss_sum, hits, seen = torch.zeros((), device=env.device), torch.zeros((), device=env.device), 0
+        images_per_step = train_loader.batch_size * config.grad_accum
+        bar = tqdm(
+            total=steps_per_epoch * images_per_step,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            unit="img",
+            unit_scale=True,
+            disable=not show,
+            leave=False,
+            file=sys.stderr,
+        )
+        for micro, images, labels in _micro_batches(train_loader, config.grad_accum):
+            images, labels = _to_device(images, labels, env.device, channels_last)
+            x = train_tf(images)
+            last_micro = micro == config.grad_accum - 1
+            sync = ddp.no_sync() if env.distributed and not last_micro else nullcontext()
+            with sync:
+                with autocast():
+                    logits = ddp(x)
+                    loss = criterion(logits.float(), labels)
+                scaler.scale(loss / config.grad_accum).backward()
+            loss_sum += loss.detach() * labels.numel()
+            hits += (logits.detach().argmax(1) == labels).sum()
+            seen += labels.numel()
+            if last_micro:
+                if config.clip_grad is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            bar.update(labels.numel())
+            if show and (bar.n // images_per_step) % config.log_every == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+        bar.close()
+        epoch_seconds = time.perf_counter() - started
+        totals = distributed.sum_tensor(
+            torch.stack([loss_sum, hits, torch.tensor(float(seen), device=env.device)]), env
+        )
+        distributed.average_buffers(model, env)  # every rank folds the same BN statistics
+        (result,), _ = evaluate([model], test_loader, eval_tf, env, channels_last=channels_last, autocast=autocast)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": totals[0].item() / totals[2].item(),
+            "train_top1": 100 * totals[1].item() / totals[2].item(),
+            "test_loss": result.loss,
+            "test_top1": result.top1,
+            "test_top5": result.top5,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": epoch_seconds,
+            "images_per_second": totals[2].item() / epoch_seconds,
+            "peak_memory_mib": _peak_memory_mib(env.device),
+        }
+        metrics.append(record)
+        rng = distributed.all_gather_objects(_rng_state(), env)
+        if env.is_main:
+            tqdm.write(
+                f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+                f"test top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  "
+                f"{record['images_per_second']:.0f} img/s",
+                file=sys.stderr,
+            )
+            if run_dir is not None:
+                save_checkpoint(
+                    {
+                        "config": config.to_dict(),
+                        "model_config": unwrap_model(model).nsrep_config,
+                        "data": _data_meta(data),
+                        "epoch": epoch + 1,
+                        "model": unwrap_model(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng": rng,
+                        "metrics": metrics,
+                        "world_size": env.world_size,
+                    },
+                    run_dir / CHECKPOINT_FILE,
+                )
+                _write_metrics(run_dir, metrics)
+            if writer is not None:
+                for key, value in record.items():
+                    if key != "epoch":
+                        writer.add_scalar(key, value, epoch + 1)
+    if writer is not None:
+        writer.close()
+
+    result = TrainResult(config=config, run_dir=run_dir, epochs_done=last_epoch, metrics=metrics)
+    result.train_params = count_parameters(model)
+    if last_epoch < config.epochs:
+        return result
+    return _finish(result, model, data, test_loader, eval_tf, env, channels_last)
+
+
+def _data_meta(data: ImageData) -> dict[str, Any]:
+    """What a deployed model's user needs to feed it (saved as ``preprocess.json``)."""
+    return {
+        "data": data.name,
+        "num_classes": data.num_classes,
+        "in_chans": data.in_chans,
+        "input_size": data.image_size,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "class_names": list(data.class_names),
+    }
+
+
+def _finish(
+    result: TrainResult,
+    model: nn.Module,
+    data: ImageData,
+    test_loader: DataLoader,
+    eval_tf: BatchTransform,
+    env: distributed.DistEnv,
+    channels_last: bool,
+) -> TrainResult:
+    """Fold the trained model, evaluate both forms on the same batches, save the deployed form."""
+    model = unwrap_model(model).eval()
+    deployed = reparameterize(model).to(env.device)
+    # float32 without autocast: the comparison is about folding, not about reduced precision
+    (train_form, deployed_form), rel_diff = evaluate([model, deployed], test_loader, eval_tf, env)
+    result.train_form, result.deployed_form, result.max_rel_logit_diff = train_form, deployed_form, rel_diff
+    result.deploy_params = count_parameters(deployed)
+    # the default eval path applies per-branch folded kernels; the per-branch reference path checks the fold
+    # against the computation that training differentiates, on the first test images
+    images, _ = next(iter(test_loader))
+    reference = set_implementation(copy.deepcopy(model), "reference")
+    result.fold_check = verify_equivalence(reference, deployed, eval_tf(images[:64].to(env.device))).max_rel_error
+    result.deployed = deployed.cpu()
+    result.deployed_digests = distributed.all_gather_objects(_weights_digest(result.deployed), env)
+    if len(set(result.deployed_digests)) != 1:
+        raise RuntimeError(f"ranks folded different deployed weights: {result.deployed_digests}")
+    if env.is_main and result.run_dir is not None:
+        save_deployed(result.deployed, result.run_dir / DEPLOY_DIR, preprocess=_data_meta(data))
+        summary = {
+            "train_form": asdict(train_form),
+            "deployed_form": asdict(deployed_form),
+            "max_rel_logit_diff": rel_diff,
+            "fold_check_rel_error": result.fold_check,
+            "train_params": result.train_params,
+            "deploy_params": result.deploy_params,
+            "epochs": result.epochs_done,
+            "train_seconds": sum(m["epoch_seconds"] for m in result.metrics),
+            "world_size": env.world_size,
+            "deployed_sha256_per_rank": result.deployed_digests,
+        }
+        atomic_write(result.run_dir / SUMMARY_FILE, lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
+    return result

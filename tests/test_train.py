@@ -1,0 +1,367 @@
+"""Training, resuming, deploying and exporting: end to end on the synthetic data with tiny models."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import nsrep
+from nsrep.cli import main
+from nsrep.export import export_onnx, export_torchscript, load_deployed, read_config
+from nsrep.train.checkpoint import load_checkpoint, save_checkpoint
+from nsrep.train.config import TrainConfig, apply_overrides, list_recipes, load_recipe, parse_override
+from nsrep.train.runs import evaluate_path
+from nsrep.train.trainer import lr_factor, param_groups, train
+
+TINY = {
+    "data": "synthetic",
+    "arch": "resnet18",
+    "width_mult": 0.125,
+    "epochs": 2,
+    "batch_size": 32,
+    "eval_batch_size": 64,
+    "lr": 0.02,
+    "warmup_epochs": 0.5,
+    "workers": 0,
+    "progress": False,
+}
+
+
+def tiny_config(**changes) -> TrainConfig:
+    return TrainConfig.from_dict({**TINY, **changes})
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): file_digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One finished NS run shared by the tests that only read it."""
+    run_dir = tmp_path_factory.mktemp("run") / "dbb-ns"
+    train(tiny_config(family="dbb", connectivity="ns"), run_dir)
+    return run_dir
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def test_shipped_recipes_load_and_cifar100_is_the_authors_recipe():
+    assert {"cifar100", "imagenet", "demo"} <= set(list_recipes())
+    for name in list_recipes():
+        TrainConfig.from_dict(load_recipe(name))
+    c = TrainConfig.from_dict(load_recipe("cifar100"))
+    assert (c.nesterov, c.weight_decay, c.decay_norm_and_bias) == (True, 1e-4, False)
+    assert (c.schedule, c.warmup_epochs, c.label_smoothing, c.epochs, c.batch_size) == ("cosine", 5, 0.1, 100, 256)
+    assert (c.augment, c.crop_padding, c.hflip, c.autoaugment) == ("pad-crop", 4, True, "cifar10")
+    imagenet = TrainConfig.from_dict(load_recipe("imagenet"))
+    assert (imagenet.augment, imagenet.image_size, imagenet.stem) == ("random-resized-crop", 224, "imagenet")
+
+
+def test_unknown_recipe_key_names_the_key_and_a_close_match(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown override key 'lerning_rate'.*valid keys:"):
+        apply_overrides(TrainConfig(), {"lerning_rate": 0.1})
+    with pytest.raises(ValueError, match=r"Did you mean 'weight_decay'"):
+        apply_overrides(TrainConfig(), {"weight_decy": 0.1})
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("epochs: 3\nnesterof: true\n")
+    with pytest.raises(ValueError, match=r"recipe .*mine.yaml.* key 'nesterof'.*Did you mean 'nesterov'"):
+        load_recipe(str(bad))
+    with pytest.raises(ValueError, match=r"unknown recipe 'cifar10'.*cifar100"):
+        load_recipe("cifar10")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [("lr=0.05", "lr", 0.05), ("autoaugment=null", "autoaugment", None), ("batch-size=8", "batch_size", 8)],
+)
+def test_parse_override(text, key, value):
+    assert parse_override(text) == (key, value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"epochs": "ten"}, r"'epochs' expects int, got 'ten'"),
+        ({"epochs": 0}, r"epochs must be >= 1"),
+        ({"family": "dbbb"}, r"unknown family 'dbbb'.*Did you mean 'dbb'"),
+        ({"schedule": "linear"}, r"unknown schedule 'linear'; valid: cosine, step, constant"),
+        ({"batch_size": 10, "grad_accum": 4}, r"not divisible by grad_accum"),
+        ({"amp": "yes"}, r"amp must be auto, true or false"),
+    ],
+)
+def test_bad_config_values_are_named(changes, message):
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(TrainConfig(), changes)
+
+
+def test_lr_schedule_warms_up_linearly_then_follows_the_cosine():
+    config = TrainConfig(lr=0.1, min_lr=0.01, warmup_epochs=1, epochs=5)
+    factors = [lr_factor(s, total_steps=50, warmup_steps=10, config=config, steps_per_epoch=10) for s in range(50)]
+    assert factors[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
+    assert factors[10] == pytest.approx(1.0)
+    middle = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 20 / 40))
+    assert factors[30] == pytest.approx(middle)
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
+    assert factors[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    step = TrainConfig(schedule="step", warmup_epochs=0, step_milestones=(1, 3), epochs=5)
+    assert [lr_factor(s, total_steps=50, warmup_steps=0, config=step, steps_per_epoch=10) for s in (5, 15, 35)] == (
+        pytest.approx([1.0, 0.1, 0.01])
+    )
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    model = nsrep.create_model("resnet18", family="dbb", width_mult=0.125, num_classes=4)
+    decay, no_decay = param_groups(model, 1e-4, decay_norm_and_bias=False)
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-4
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert len(param_groups(model, 1e-4, decay_norm_and_bias=True)) == 1
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+def test_finished_run_folder_and_both_forms_agree(finished_run):
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["train_form"]["top1"] == pytest.approx(summary["deployed_form"]["top1"])
+    assert summary["max_rel_logit_diff"] < 1e-4 and summary["fold_check_rel_error"] < 1e-4
+    assert summary["deploy_params"] < summary["train_params"]
+    lines = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    assert {"train_loss", "test_top1", "test_top5", "lr", "images_per_second"} <= set(lines[0])
+    # the tiny model learns the synthetic classes (chance is 25%)
+    assert lines[-1]["test_top1"] > 40
+
+
+def test_deploy_folder_loads_with_create_model_config(finished_run):
+    from safetensors.torch import load_file
+
+    deploy = finished_run / "deploy"
+    config = read_config(deploy)
+    plain = nsrep.create_model(**config, deploy=True)
+    plain.load_state_dict(load_file(deploy / "model.safetensors"), strict=True)
+    state = load_checkpoint(finished_run / "checkpoint.pt")
+    from nsrep.train.runs import model_from_checkpoint
+
+    train_form = model_from_checkpoint(state)
+    x = torch.randn(4, 3, 16, 16)
+    error = nsrep.verify_equivalence(train_form, plain, x)
+    assert error.max_rel_error < 1e-4
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in load_deployed(deploy).parameters())
+
+
+def test_eval_before_and_after_folding_agree(finished_run, capsys):
+    report = evaluate_path(finished_run)
+    assert report.train_form.top1 == pytest.approx(report.deployed_form.top1)
+    assert report.train_form.loss == pytest.approx(report.deployed_form.loss, rel=1e-4)
+    assert report.max_rel_logit_diff < 1e-4
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert report.deployed_form.top1 == pytest.approx(summary["deployed_form"]["top1"])
+    assert main(["eval", str(finished_run / "checkpoint.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "| training" in out and "| deployed" in out and "max relative logit difference" in out
+    assert main(["eval", str(finished_run / "deploy")]) == 0
+    assert "| deployed" in capsys.readouterr().out
+
+
+def test_deploy_command_and_export(finished_run, tmp_path, capsys):
+    out = tmp_path / "deployed"
+    assert main(["deploy", str(finished_run), "--out", str(out)]) == 0
+    assert "vs the unfolded branches" in capsys.readouterr().out
+    assert folder_digests(out)["model.safetensors"] == folder_digests(finished_run / "deploy")["model.safetensors"]
+    onnx_path, onnx_error = export_onnx(out)
+    assert onnx_path.is_file() and onnx_error < 1e-4
+    ts_path, ts_error = export_torchscript(out)
+    assert ts_path.is_file() and ts_error < 1e-5
+    assert main(["export", str(out)]) == 2
+    assert "nothing to export" in capsys.readouterr().err
+
+
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    config = tiny_config(family="dbb", connectivity="ns", stochastic=1.0, pair_drop=0.1)
+    whole = train(config, tmp_path / "whole")
+    first = train(config, tmp_path / "split", stop_after=1)
+    assert not first.finished and first.epochs_done == 1
+    assert not (tmp_path / "split" / "summary.json").exists()
+    rest = train(config, tmp_path / "split", resume=True)
+    a = load_checkpoint(tmp_path / "whole")["model"]
+    b = load_checkpoint(tmp_path / "split")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert whole.deployed_digests == rest.deployed_digests
+    keep = ("train_loss", "test_top1", "lr")
+    assert [{k: m[k] for k in keep} for m in whole.metrics] == [{k: m[k] for k in keep} for m in rest.metrics]
+
+
+def test_channels_last_and_gradient_accumulation_run(tmp_path):
+    result = train(
+        tiny_config(family="acnet", connectivity="ns", channels_last=True, grad_accum=2, clip_grad=1.0, epochs=1),
+        tmp_path / "run",
+    )
+    assert result.finished and result.max_rel_logit_diff < 1e-4
+    state = load_checkpoint(tmp_path / "run")
+    assert state["scheduler"]["last_epoch"] == 256 // 32  # optimiser steps, not micro-batches
+
+
+# ----------------------------------------------------------------------------------------------- atomic writes
+
+_KILLED_WRITER = """
+import os, signal, sys, torch
+from nsrep.train.checkpoint import save_checkpoint
+real_save = torch.save
+
+def dying_save(obj, f, *args, **kwargs):
+    f.write(b"half a checkpoint")  # partial bytes reach the disk, then the process dies
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch.save = dying_save
+save_checkpoint({"config": {}, "model_config": {}, "epoch": 2, "model": {"w": torch.ones(3)}}, sys.argv[1])
+"""
+
+
+def test_a_killed_write_never_leaves_a_truncated_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"config": {}, "model_config": {}, "epoch": 1, "model": {"w": torch.zeros(3)}}, path)
+    before = file_digest(path)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()
+    assert file_digest(path) == before
+    assert load_checkpoint(path)["epoch"] == 1
+    assert list(tmp_path.glob(".checkpoint.pt.tmp-*"))  # the killed write's temporary file
+    save_checkpoint({"config": {}, "model_config": {}, "epoch": 3, "model": {"w": torch.ones(3)}}, path)
+    assert not list(tmp_path.glob(".checkpoint.pt.tmp-*")) and load_checkpoint(path)["epoch"] == 3
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("cannot pickle this")
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"config": {}, "model_config": {}, "epoch": 1, "model": {}}, path)
+    before = file_digest(path)
+    with pytest.raises(RuntimeError, match="cannot pickle this"):
+        save_checkpoint({"config": {}, "model_config": {}, "epoch": 2, "model": {}, "bad": Unpicklable()}, path)
+    assert file_digest(path) == before and not list(tmp_path.glob(".checkpoint.pt.tmp-*"))
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_gives_a_clear_error_and_overwrites_nothing(finished_run, tmp_path, capsys):
+    before = folder_digests(finished_run)
+    base = ["train", "--recipe", "demo", "--set", "workers=0", "--set", "progress=false", "--epochs", "1"]
+
+    code, err = run_cli([*base, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "unknown data source" in err and "nowhere" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = run_cli([*base, "--data", str(empty), "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "matches no known layout" in err and "cifar-10-batches-py" in err
+    code, err = run_cli([*base, "--set", "lerning_rate=0.1", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "unknown --set key 'lerning_rate'" in err
+    code, err = run_cli([*base, "--recipe", "cifar1000"], capsys)
+    assert code == 2 and "Did you mean 'cifar100'" in err
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+    # an existing run is never overwritten, and a checkpoint of another architecture is refused by --resume
+    tiny = [f"--set={k}={v}" for k, v in TINY.items() if k not in ("epochs",)]
+    tiny += ["--family", "dbb", "--connectivity", "ns"]
+    code, err = run_cli(["train", *tiny, "--out", str(finished_run)], capsys)
+    assert code == 2 and "already holds a run" in err and "--resume" in err
+    code, err = run_cli(["train", "--arch", "resnet34", "--out", str(finished_run), "--resume"], capsys)
+    assert code == 2 and "arch='resnet18' in the checkpoint, 'resnet34' asked" in err
+    code, err = run_cli(["eval", str(finished_run), "--data", "digits"], capsys)
+    assert code == 2 and "num_classes=4" in err and "num_classes=10" in err
+    code, err = run_cli(["eval", str(tmp_path / "missing.pt")], capsys)
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    code, err = run_cli(["deploy", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "d")], capsys)
+    assert code == 2 and "not a readable nsrep checkpoint" in err and not (tmp_path / "d").exists()
+    assert folder_digests(finished_run) == before
+
+
+# ----------------------------------------------------------------------------------------------- distributed
+
+
+def test_two_process_gloo_ddp_trains_and_folds_the_same_weights_on_both_ranks(tmp_path):
+    run_dir = tmp_path / "ddp"
+    sets = [f"--set={k}={v}" for k, v in {**TINY, "batch_size": 32, "epochs": 1}.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "nsrep.cli",
+        "train",
+        "--family=dbb",
+        "--connectivity=ns",
+        f"--out={run_dir}",
+        *sets,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    digests = summary["deployed_sha256_per_rank"]
+    assert summary["world_size"] == 2 and len(digests) == 2 and digests[0] == digests[1]
+    assert summary["max_rel_logit_diff"] < 1e-4
+    assert summary["train_form"]["count"] == 128  # the sharded evaluation saw every test image once
+    state = load_checkpoint(run_dir)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert state["rng"][0]["torch"] != state["rng"][1]["torch"]  # ranks draw different augmentations
+
+
+# ----------------------------------------------------------------------------------------------- demo
+
+
+def test_demo_trains_prints_the_table_and_plots(tmp_path, capsys):
+    from nsrep.train import demo as demo_module
+
+    rows = demo_module.run_demo(
+        tmp_path, variants=(("plain", "block"), ("dbb", "ns")), overrides={"epochs": 1, "width_mult": 0.125}
+    )
+    assert [(r.family, r.connectivity) for r in rows] == [("plain", "block"), ("dbb", "ns")]
+    assert all(r.fold_error < 1e-4 and r.latency_ms > 0 for r in rows)
+    assert rows[0].train_params < rows[1].train_params and rows[0].deploy_params == rows[1].deploy_params
+    png = tmp_path / "learning_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = demo_module.format_demo_table(rows)
+    assert table.splitlines()[0].startswith("| family | connectivity | top-1 training form")
+    stamp = (tmp_path / "dbb-ns" / "checkpoint.pt").stat().st_mtime_ns
+    demo_module.run_demo(tmp_path, variants=(("dbb", "ns"),), overrides={"epochs": 1, "width_mult": 0.125})
+    assert (tmp_path / "dbb-ns" / "checkpoint.pt").stat().st_mtime_ns == stamp  # finished run reused
+    assert "reusing the finished run" in capsys.readouterr().out
+
+
+def test_cli_help_lists_the_training_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "eval", "deploy", "export", "demo", "info"):
+        assert command in out
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--resume" in out and "--set KEY=VALUE" in out and "cifar100" in out
