@@ -52,7 +52,7 @@ def deployed_latency_ms(model: torch.nn.Module, input_shape: Sequence[int], *, r
     """Median wall time (ms) of one forward of ``model`` on a batch of ``input_shape``, after a warm-up."""
     model.eval()
     x = torch.randn(*input_shape)
-    for _ in range(10):
+    for _ in range(50):  # warm-up: allocator, caches, lazy kernel selection
         model(x)
     times = []
     for _ in range(repeats):

@@ -39,7 +39,7 @@ from nsrep.train import distributed
 from nsrep.train.augment import BatchTransform, build_transform
 from nsrep.train.checkpoint import load_checkpoint, save_checkpoint
 from nsrep.train.config import EXECUTION_FIELDS, TrainConfig
-from nsrep.train.data import ImageData, load_data
+from nsrep.train.data import ImageData, describe, load_data
 from nsrep.units import set_implementation
 
 __all__ = ["EvalResult", "TrainResult", "evaluate", "lr_factor", "param_groups", "stored_config", "train"]
@@ -419,6 +419,8 @@ def _train(
         _write_metrics(run_dir, metrics)  # a resumed run drops lines of epochs after its checkpoint
         writer = _tensorboard(run_dir)
     show = env.is_main and config.progress
+    if env.is_main:
+        tqdm.write(f"{describe(data)}; {env.world_size} process(es) on {env.device}", file=sys.stderr)
 
     last_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, last_epoch):
@@ -466,7 +468,9 @@ def _train(
             torch.stack([loss_sum, hits, torch.tensor(float(seen), device=env.device)]), env
         )
         distributed.average_buffers(model, env)  # every rank folds the same BN statistics
-        (result,), _ = evaluate([model], test_loader, eval_tf, env, channels_last=channels_last, autocast=autocast)
+        (result,), _ = evaluate(
+            [model], test_loader, eval_tf, env, channels_last=channels_last, autocast=autocast, progress=show
+        )
         record = {
             "epoch": epoch + 1,
             "train_loss": totals[0].item() / totals[2].item(),
