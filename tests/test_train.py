@@ -217,6 +217,32 @@ def test_channels_last_and_gradient_accumulation_run(tmp_path):
     assert state["scheduler"]["last_epoch"] == 256 // 32  # optimiser steps, not micro-batches
 
 
+def test_image_folder_trains_with_pillow_workers_and_random_resized_crops(tmp_path):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 8), ("val", 3)):
+        for label, colour in enumerate(((200, 40, 40), (40, 40, 200))):
+            folder = tmp_path / "images" / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                noise = torch.randint(0, 50, (40, 48, 3), generator=generator, dtype=torch.uint8)
+                pixels = (torch.tensor(colour, dtype=torch.uint8) + noise).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    config = tiny_config(data=str(tmp_path / "images"), image_size=32, batch_size=8, workers=1, epochs=1)
+    result = train(config, tmp_path / "run")
+    assert config.augment is None and result.finished  # the folder's default: random-resized crop
+    assert result.train_form.count == 6 and result.max_rel_logit_diff < 1e-4
+    meta = json.loads((tmp_path / "run" / "deploy" / "preprocess.json").read_text())
+    assert meta["class_names"] == ["class0", "class1"] and meta["input_size"] == 32
+
+
+def test_mixed_precision_on_cpu_trains_and_the_fold_is_checked_in_float32(tmp_path):
+    result = train(tiny_config(family="repvgg", connectivity="ns", amp=True, epochs=1), tmp_path / "run")
+    assert math.isfinite(result.metrics[0]["train_loss"])
+    assert result.fold_check < 1e-4 and result.max_rel_logit_diff < 1e-4
+
+
 # ----------------------------------------------------------------------------------------------- atomic writes
 
 _KILLED_WRITER = """
