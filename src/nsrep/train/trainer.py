@@ -383,7 +383,7 @@ def _train(
     )
     steps_per_epoch = len(train_loader) // config.grad_accum
     total_steps = steps_per_epoch * config.epochs
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: lr_factor(
