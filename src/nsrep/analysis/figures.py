@@ -1,0 +1,146 @@
+"""The analysis figures (matplotlib, Agg backend): one PNG per analysis, written atomically."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nsrep.analysis.similarity import RunningStats
+from nsrep.fileio import atomic_write
+
+__all__ = ["block_drop_figure", "branch_similarity_figure", "depth_similarity_figure", "kernel_figure"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    _pyplot().close(fig)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def _short(block: str) -> str:
+    """``stages.1.0`` -> ``1.0``: block names without the container prefix, for tick labels."""
+    parts = block.split(".")
+    return ".".join(parts[-2:]) if len(parts) >= 2 else block
+
+
+def depth_similarity_figure(stats: Mapping[str, Mapping[tuple[str, str], RunningStats]], path: Path) -> Path:
+    """Fig. 5a: per pair of equal-shape blocks, sampled pixel similarities (dots) and their mean (bar)."""
+    plt = _pyplot()
+    pairs = sorted({pair for st in stats.values() for pair in st}, key=lambda p: (p[0], p[1]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(pairs) * max(len(stats), 1) + 2), 4.5), constrained_layout=True)
+    width = 0.8 / max(len(stats), 1)
+    generator = torch.Generator().manual_seed(0)
+    for i, (label, st) in enumerate(stats.items()):
+        for j, pair in enumerate(pairs):
+            if pair not in st:
+                continue
+            x0 = j + (i - (len(stats) - 1) / 2) * width
+            sample = st[pair].sample
+            jitter = (torch.rand(len(sample), generator=generator) - 0.5) * width * 0.8
+            ax.scatter([x0 + float(d) for d in jitter], sample, s=4, alpha=0.35, color=f"C{i}")
+            ax.hlines(st[pair].mean, x0 - width / 2, x0 + width / 2, color=f"C{i}", linewidth=2)
+        ax.scatter([], [], color=f"C{i}", label=label)
+    ax.set_xticks(range(len(pairs)), [f"{_short(a)}–{_short(b)}" for a, b in pairs], rotation=45, ha="right")
+    ax.set(xlabel="pair of residual blocks", ylabel="cosine similarity of pixel features", ylim=(-1.05, 1.05))
+    ax.set_title("Feature similarity across depths (dots: pixels, bars: mean)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=9)
+    return _save(fig, path)
+
+
+def branch_similarity_figure(points: Sequence[tuple[str, str, int, float]], path: Path) -> Path:
+    """Fig. 5b: mean similarity between a unit's branches against the number of branches, per connectivity."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
+    by_connectivity: dict[str, list[tuple[int, float, str]]] = {}
+    for label, connectivity, k, value in points:
+        by_connectivity.setdefault(connectivity, []).append((k, value, label))
+    for i, (connectivity, values) in enumerate(sorted(by_connectivity.items())):
+        values.sort()
+        ax.plot([k for k, _, _ in values], [v for _, v, _ in values], marker="o", color=f"C{i}", label=connectivity)
+        for k, v, label in values:
+            ax.annotate(label, (k, v), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlabel="branches per unit (K)", ylabel="mean cosine similarity between branches")
+    ax.set_title("Feature similarity between the branches of a unit")
+    ax.set_xticks(sorted({k for _, _, k, _ in points}))
+    ax.grid(alpha=0.3)
+    ax.legend(title="connectivity", fontsize=9)
+    return _save(fig, path)
+
+
+def kernel_figure(kernels: Mapping[str, Any], unit: str, path: Path) -> Path:
+    """Fig. 6a: one row per model, one column per branch: the branch's folded-space kernel for the channel
+    pair where the unit's folded kernel is largest (signed, scaled to max |w| = 1 per model)."""
+    plt = _pyplot()
+    rows = len(kernels)
+    cols = max(pic.signed.shape[0] for pic in kernels.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols + 1.2, 1.9 * rows + 0.9), squeeze=False)
+    image = None
+    for r, (label, pic) in enumerate(kernels.items()):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < pic.signed.shape[0]:
+                image = ax.imshow(pic.signed[c].numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+                if r == 0:
+                    ax.set_title(f"branch {c}", fontsize=9)
+            else:
+                ax.axis("off")
+        o, i = pic.channels
+        axes[r][0].set_ylabel(f"{label}\n(out {o}, in {i})", fontsize=8)
+    fig.suptitle(f"Folded-space kernels of the branches of {unit}", fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="weight / max |weight|")
+    return _save(fig, path)
+
+
+def block_drop_figure(
+    drops: Mapping[str, tuple[float, Mapping[str, float]]], reference: str | None, path: Path
+) -> Path:
+    """Fig. 6b: accuracy lost when each block is skipped, per model; with a block-level reference model,
+    the difference of every other model to it (its accuracy minus the reference's) in red below."""
+    plt = _pyplot()
+    blocks = sorted({b for _, accs in drops.values() for b in accs})
+    others = [label for label in drops if reference is not None and label != reference]
+    rows = 2 if others else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(max(6.0, 0.7 * len(blocks) + 2), 3.6 * rows), squeeze=False)
+    ax = axes[0][0]
+    width = 0.8 / max(len(drops), 1)
+    for i, (label, (base, accs)) in enumerate(drops.items()):
+        xs = [j + (i - (len(drops) - 1) / 2) * width for j, b in enumerate(blocks) if b in accs]
+        ax.bar(xs, [base - accs[b] for b in blocks if b in accs], width, label=f"{label} (intact {base:.1f}%)")
+    ax.set_xticks(range(len(blocks)), [_short(b) for b in blocks])
+    ax.set(xlabel="skipped block", ylabel="top-1 lost (points)", title="Accuracy lost when one block is dropped")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    if others:
+        ax = axes[1][0]
+        width = 0.8 / len(others)
+        ref = drops[reference][1]
+        for i, label in enumerate(others):
+            accs = drops[label][1]
+            common = [b for b in blocks if b in accs and b in ref]
+            xs = [blocks.index(b) + (i - (len(others) - 1) / 2) * width for b in common]
+            ax.bar(xs, [accs[b] - ref[b] for b in common], width, color="tab:red", alpha=0.5 + 0.5 / (i + 1))
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(blocks)), [_short(b) for b in blocks])
+        ax.set(xlabel="skipped block", ylabel=f"top-1 minus {reference}'s (points)")
+        ax.set_title(f"Branch − block: {', '.join(others)} vs {reference}", fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, path)
