@@ -340,9 +340,9 @@ def analyze(
     ]
     header = ("model", "connectivity", "branches", "unit", "mean", "std", "pixel_pairs")
     files.append(_write_csv(out / "similarity_branches.csv", header, rows))
-    points = [(m.label, m.connectivity, m.num_branches, _mean_of(branch[m.label].values())) for m in models]
+    points = [(m.label, m.family, m.connectivity, m.num_branches, _mean_of(branch[m.label].values())) for m in models]
     files.append(figures.branch_similarity_figure(points, out / "similarity_branches.png"))
-    for label, _, k, value in points:
+    for label, _, _, k, value in points:
         lines.append(f"branch similarity {label} (K={k}): mean {value:.3f}")
 
     # Fig. 6a
@@ -366,8 +366,7 @@ def analyze(
     rows = [(label, "(none)", base, 0.0) for label, (base, _) in drops.items()]
     rows += [(label, n, acc, base - acc) for label, (base, accs) in drops.items() for n, acc in accs.items()]
     files.append(_write_csv(out / "block_drop.csv", ("model", "skipped_block", "top1", "drop"), rows))
-    reference = next((m.label for m in models if m.connectivity == "block"), None)
-    files.append(figures.block_drop_figure(drops, reference, out / "block_drop.png"))
+    files.append(figures.block_drop_figure(drops, _block_level_pairs(models), out / "block_drop.png"))
     for label, (base, accs) in drops.items():
         if accs:
             lines.append(
@@ -386,12 +385,30 @@ def analyze(
     for label, t in topo.items():
         lines.append(
             f"topologies {label}: {t['units']} units, {t['branches']} branches; block-level (Eq. 5) "
-            f"{t['block_level']:,}, branch-level (Eq. 7) {scientific(t['branch_level'])}; this model "
-            f"{scientific(t['this_model'])}"
+            f"{_count(t['block_level'])}, branch-level (Eq. 7) {_count(t['branch_level'])}; this model "
+            f"{_count(t['this_model'])}"
         )
     summary = "\n".join(lines)
     files.append(atomic_write(out / "summary.txt", lambda f: f.write((summary + "\n").encode())))
     return AnalysisReport(out, files, summary)
+
+
+def _block_level_pairs(models: Sequence[AnalyzedModel]) -> list[tuple[str, str]]:
+    """(branch-level model, its block-level counterpart): same family and branch count, connectivity block."""
+    pairs = []
+    for m in models:
+        if m.connectivity == "block":
+            continue
+        match = [
+            r for r in models if r.connectivity == "block" and (r.family, r.num_branches) == (m.family, m.num_branches)
+        ]
+        if match:
+            pairs.append((m.label, match[0].label))
+    return pairs
+
+
+def _count(n: int) -> str:
+    return f"{n:,}" if n < 10**6 else scientific(n)
 
 
 def _row_major(kernel: Tensor) -> str:

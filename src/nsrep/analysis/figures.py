@@ -62,23 +62,30 @@ def depth_similarity_figure(stats: Mapping[str, Mapping[tuple[str, str], Running
     return _save(fig, path)
 
 
-def branch_similarity_figure(points: Sequence[tuple[str, str, int, float]], path: Path) -> Path:
-    """Fig. 5b: mean similarity between a unit's branches against the number of branches, per connectivity."""
+def branch_similarity_figure(points: Sequence[tuple[str, str, str, int, float]], path: Path) -> Path:
+    """Fig. 5b: mean similarity between a unit's branches against the number of branches; one line per
+    (family, connectivity), colour by connectivity, marker by family."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
-    by_connectivity: dict[str, list[tuple[int, float, str]]] = {}
-    for label, connectivity, k, value in points:
-        by_connectivity.setdefault(connectivity, []).append((k, value, label))
-    for i, (connectivity, values) in enumerate(sorted(by_connectivity.items())):
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+    lines: dict[tuple[str, str], list[tuple[int, float, str]]] = {}
+    for label, family, connectivity, k, value in points:
+        lines.setdefault((family, connectivity), []).append((k, value, label))
+    connectivities = sorted({c for _, c in lines})
+    families = sorted({f for f, _ in lines})
+    for (family, connectivity), values in sorted(lines.items()):
         values.sort()
-        ax.plot([k for k, _, _ in values], [v for _, v, _ in values], marker="o", color=f"C{i}", label=connectivity)
-        for k, v, label in values:
-            ax.annotate(label, (k, v), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.plot(
+            [k for k, _, _ in values],
+            [v for _, v, _ in values],
+            marker="osD^v<>"[families.index(family) % 7],
+            color=f"C{connectivities.index(connectivity)}",
+            label=f"{family}, {connectivity}",
+        )
     ax.set(xlabel="branches per unit (K)", ylabel="mean cosine similarity between branches")
     ax.set_title("Feature similarity between the branches of a unit")
-    ax.set_xticks(sorted({k for _, _, k, _ in points}))
+    ax.set_xticks(sorted({k for *_, k, _ in points}))
     ax.grid(alpha=0.3)
-    ax.legend(title="connectivity", fontsize=9)
+    ax.legend(fontsize=9)
     return _save(fig, path)
 
 
@@ -110,15 +117,14 @@ def kernel_figure(kernels: Mapping[str, Any], unit: str, path: Path) -> Path:
 
 
 def block_drop_figure(
-    drops: Mapping[str, tuple[float, Mapping[str, float]]], reference: str | None, path: Path
+    drops: Mapping[str, tuple[float, Mapping[str, float]]], pairs: Sequence[tuple[str, str]], path: Path
 ) -> Path:
-    """Fig. 6b: accuracy lost when each block is skipped, per model; with a block-level reference model,
-    the difference of every other model to it (its accuracy minus the reference's) in red below."""
+    """Fig. 6b: accuracy lost when each block is skipped, per model; below, for every (branch-level,
+    block-level) pair of the same family and K, the branch-level accuracy minus the block-level one (red)."""
     plt = _pyplot()
     blocks = sorted({b for _, accs in drops.values() for b in accs})
-    others = [label for label in drops if reference is not None and label != reference]
-    rows = 2 if others else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(max(6.0, 0.7 * len(blocks) + 2), 3.6 * rows), squeeze=False)
+    rows = 2 if pairs else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(max(6.0, 0.9 * len(blocks) + 3), 3.8 * rows), squeeze=False)
     ax = axes[0][0]
     width = 0.8 / max(len(drops), 1)
     for i, (label, (base, accs)) in enumerate(drops.items()):
@@ -127,20 +133,22 @@ def block_drop_figure(
     ax.set_xticks(range(len(blocks)), [_short(b) for b in blocks])
     ax.set(xlabel="skipped block", ylabel="top-1 lost (points)", title="Accuracy lost when one block is dropped")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
-    if others:
+    ax.legend(fontsize=7, ncol=2)
+    if pairs:
         ax = axes[1][0]
-        width = 0.8 / len(others)
-        ref = drops[reference][1]
-        for i, label in enumerate(others):
-            accs = drops[label][1]
-            common = [b for b in blocks if b in accs and b in ref]
-            xs = [blocks.index(b) + (i - (len(others) - 1) / 2) * width for b in common]
-            ax.bar(xs, [accs[b] - ref[b] for b in common], width, color="tab:red", alpha=0.5 + 0.5 / (i + 1))
+        width = 0.8 / len(pairs)
+        reds = plt.get_cmap("Reds")
+        for i, (branch, block) in enumerate(pairs):
+            a, b = drops[branch][1], drops[block][1]
+            common = [x for x in blocks if x in a and x in b]
+            xs = [blocks.index(x) + (i - (len(pairs) - 1) / 2) * width for x in common]
+            colour = reds(0.45 + 0.5 * (i + 1) / len(pairs))
+            ax.bar(xs, [a[x] - b[x] for x in common], width, color=colour, label=f"{branch} − {block}")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(blocks)), [_short(b) for b in blocks])
-        ax.set(xlabel="skipped block", ylabel=f"top-1 minus {reference}'s (points)")
-        ax.set_title(f"Branch − block: {', '.join(others)} vs {reference}", fontsize=10)
+        ax.set(xlabel="skipped block", ylabel="top-1 difference (points)")
+        ax.set_title("Branch-level minus block-level accuracy with the block dropped", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
