@@ -8,6 +8,8 @@ from nsrep.connectivity import CONNECTIVITIES
 from nsrep.families import FAMILIES
 from nsrep.foldable import Foldable
 from nsrep.guided import GuidedMaxPool2d, GuidedReLU, guided_activation
+from nsrep.heads import create_head
+from nsrep.linear import RepLinear
 from nsrep.models import create_model, list_models, model_options
 from nsrep.reparam import reparameterize, verify_equivalence
 from nsrep.units import RepConv2d, UnitConfig
@@ -21,7 +23,9 @@ __all__ = [
     "GuidedMaxPool2d",
     "GuidedReLU",
     "RepConv2d",
+    "RepLinear",
     "UnitConfig",
+    "create_head",
     "create_model",
     "guided_activation",
     "list_models",

@@ -3,7 +3,7 @@
 A subcommand is registered in :func:`build_parser` with arguments whose ``dest`` names are the function's
 parameters; :func:`main` parses, then calls the function with them. User errors (``ValueError``: an unknown
 architecture, family, connectivity, ...) print ``nsrep: error: ...`` and exit with status 2, no traceback.
-Commands: ``info``, ``train``, ``eval``, ``deploy``, ``export``, ``demo``.
+Commands: ``info``, ``train``, ``eval``, ``deploy``, ``export``, ``demo``, ``probe``, ``features``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from typing import Any
 
 from nsrep.connectivity import CONNECTIVITIES
 from nsrep.families import DEFAULT_NUM_BRANCHES, FAMILIES
+from nsrep.heads import HEADS, MLP_HEADS, REP_HEADS
 from nsrep.info import format_info, markdown_table, model_info
 from nsrep.models import list_models
+from nsrep.probe import DEFAULT_HEADS, EXAMPLE_DATASETS, SKLEARN_DATASETS, ProbeConfig
 from nsrep.train.config import list_recipes
 
-__all__ = ["build_parser", "demo", "deploy", "evaluate", "export", "info", "main", "train"]
+__all__ = ["build_parser", "demo", "deploy", "evaluate", "export", "features", "info", "main", "probe", "train"]
 
 PROG = "nsrep"
 EXIT_USAGE = 2  # argparse's status for a bad command line; user-input errors reuse it
@@ -160,6 +162,92 @@ def demo(*, out: str = "runs/demo", epochs: int | None = None, fresh: bool = Fal
     print(f"learning curves: {Path(out) / CURVES_FILE}")
 
 
+def probe(
+    files: Sequence[str] = (),
+    *,
+    example: bool = False,
+    heads: str = ",".join(DEFAULT_HEADS),
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = ProbeConfig.epochs,
+    batch_size: int = ProbeConfig.batch_size,
+    lr: float = ProbeConfig.lr,
+    weight_decay: float = ProbeConfig.weight_decay,
+    num_branches: int | None = None,
+    expansion: int | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    out: str | None = None,
+) -> None:
+    """Train linear / MLP / NS-MLP heads on frozen features with several seeds; print a table like Table 4.
+
+    FILES are feature files (.npz: train_x, train_y, test_x, test_y); ``--example`` adds the embedded example
+    (scikit-learn's bundled digits pixels and breast-cancer measurements, no download). Every head gets the
+    same budget; cells are the deployed (folded) heads' test top-1, mean ± std over the seeds.
+    ``--threads 1`` is fastest for small features on a busy CPU (intra-op threads only wait for each other).
+    """
+    import torch
+
+    from nsrep.probe import format_probe_table, probe_notes, run_probe, sklearn_features, write_probe_outputs
+
+    datasets: list[Any] = [sklearn_features(name) for name in EXAMPLE_DATASETS] if example else []
+    datasets += list(files)
+    if not datasets:
+        raise ValueError("no features to probe: give .npz feature files and/or --example")
+    head_names = tuple(h.strip() for h in heads.split(",") if h.strip())
+    options: dict[str, dict[str, Any]] = {}
+    for head in head_names:
+        if head in MLP_HEADS and expansion is not None:
+            options.setdefault(head, {})["expansion"] = expansion
+        if head in REP_HEADS and num_branches is not None:
+            options.setdefault(head, {})["num_branches"] = num_branches
+    config = ProbeConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    results = run_probe(datasets, head_names, tuple(seeds), config, head_options=options, device=device)
+    print(format_probe_table(results))
+    print()
+    print("\n".join(probe_notes(results)))
+    if out is not None:
+        written = write_probe_outputs(results, out)
+        print(f"outputs: {', '.join(str(p) for p in written.values())}")
+
+
+def features(
+    *,
+    out: str,
+    encoder: str | None = None,
+    data: str | None = None,
+    sklearn: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+) -> None:
+    """Write a feature file (.npz) for ``nsrep probe``: an encoder's features of image data, or a scikit-learn set.
+
+    ``--encoder`` is a TorchScript file, an ONNX file or ``module:function`` (called with no arguments, it
+    returns the encoder); ``--data`` anything ``nsrep train --data`` takes. Images get the data set's eval
+    transform; the encoder's outputs are flattened to (N, D) float32.
+    """
+    from nsrep.probe import extract_features, load_encoder, resolve_device, save_features, sklearn_features
+
+    if sklearn is not None:
+        if encoder is not None or data is not None or image_size is not None:
+            raise ValueError("--sklearn writes a bundled data set as it is; drop --encoder, --data and --image-size")
+        result = sklearn_features(sklearn)
+    else:
+        if encoder is None or data is None:
+            raise ValueError("give --encoder and --data (or --sklearn NAME for a bundled data set)")
+        from nsrep.train.data import load_data
+
+        dev = resolve_device(device)
+        images = load_data(data, image_size=image_size)
+        result = extract_features(load_encoder(encoder, dev), images, batch_size=batch_size, device=dev)
+    save_features(out, result)
+    print(f"wrote {out}: {result}")
+
+
 # ----------------------------------------------------------------------------------------------- parser
 
 
@@ -256,6 +344,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
     p.add_argument("--epochs", type=int, help="epochs per variant (default: the demo recipe's)")
     p.add_argument("--fresh", action="store_true", help="retrain variants even when a finished run exists")
+
+    p = _add_command(subparsers, probe)
+    p.add_argument("files", nargs="*", metavar="FILE.npz", help="feature files (train_x, train_y, test_x, test_y)")
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help=f"add the embedded example: scikit-learn's {' and '.join(EXAMPLE_DATASETS)} (no download)",
+    )
+    p.add_argument(
+        "--heads",
+        default=",".join(DEFAULT_HEADS),
+        help=f"comma-separated heads from {', '.join(HEADS)} (default: {','.join(DEFAULT_HEADS)})",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, one run each (default: 0 1 2)")
+    p.add_argument("--epochs", type=int, default=ProbeConfig.epochs, help=f"default: {ProbeConfig.epochs}")
+    p.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size, help=f"default: {ProbeConfig.batch_size}")
+    p.add_argument("--lr", type=float, default=ProbeConfig.lr, help=f"AdamW peak lr (default: {ProbeConfig.lr})")
+    p.add_argument(
+        "--weight-decay", type=float, default=ProbeConfig.weight_decay, help=f"default: {ProbeConfig.weight_decay}"
+    )
+    p.add_argument("--num-branches", type=int, metavar="K", help=f"K of {', '.join(REP_HEADS)} (default: 4)")
+    p.add_argument("--expansion", type=int, help="hidden width / input width of the MLP heads (default: 4)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--out", help="folder for table.md, runs.csv (every run) and probe.png")
+
+    p = _add_command(subparsers, features)
+    p.add_argument("--out", required=True, help="feature file to write (.npz)")
+    p.add_argument("--encoder", help="TorchScript file, ONNX file (.onnx) or module:function")
+    p.add_argument("--data", help="digits, synthetic, a CIFAR python folder or an ImageNet-style folder")
+    p.add_argument("--sklearn", help=f"a scikit-learn bundled data set instead: {', '.join(SKLEARN_DATASETS)}")
+    p.add_argument("--image-size", type=int, help="input size for image folders and synthetic data")
+    p.add_argument("--batch-size", type=int, default=256, help="images per encoder call (default: 256)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     return parser
 
 

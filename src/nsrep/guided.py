@@ -5,6 +5,10 @@ streams sum to ``phi(A)``: exactly what the deployed network computes. Guided Re
 (``g = 1[A > 0]``); LeakyReLU, SiLU, GELU and Hardswish go beyond the paper (needed for MobileNetV2/V3 and
 MLPs); ReLU6 adds its constant part split as ``6/S``. Gradients flow through ``g(A)`` too, so the summed
 streams also have the deployed activation's gradient. Every module accepts a 4-D tensor as one stream.
+
+That 4-D rule serves conv networks, whose stream sets are 5-D; it is ambiguous for token tensors, where a
+stream set ``(S, B, T, D)`` is 4-D too. Feature and token networks therefore wrap the activation in
+:class:`GuidedFeatureActivation`, for which dim 0 is always the stream axis, whatever the rank.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from nsrep.validation import check_choice
 __all__ = [
     "GUIDED_ACTIVATIONS",
     "GuidedActivation",
+    "GuidedFeatureActivation",
     "GuidedGELU",
     "GuidedHardswish",
     "GuidedLeakyReLU",
@@ -29,6 +34,7 @@ __all__ = [
     "GuidedReLU6",
     "GuidedSiLU",
     "guided_activation",
+    "guided_feature_activation",
 ]
 
 
@@ -47,7 +53,13 @@ class GuidedActivation(Foldable):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4 or x.shape[0] == 1:
+        if x.dim() == 4:  # an image batch without stream axis (the conv networks' convention)
+            return self.activate(x)
+        return self.on_streams(x)
+
+    def on_streams(self, x: Tensor) -> Tensor:
+        """The guided op on a stream set whose dim 0 is the stream axis, of any rank: (S, *leading)."""
+        if x.shape[0] == 1:  # one stream is its own aggregate: the guided op is the plain op
             return self.activate(x)
         return x * self.gate(x.sum(0)).unsqueeze(0)
 
@@ -141,8 +153,8 @@ class GuidedReLU6(GuidedActivation):
     def plain(self) -> nn.Module:
         return nn.ReLU6()
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4 or x.shape[0] == 1:
+    def on_streams(self, x: Tensor) -> Tensor:
+        if x.shape[0] == 1:
             return self.activate(x)
         a = x.sum(0)
         linear = ((a > 0) & (a < 6)).to(x.dtype)
@@ -202,6 +214,31 @@ class GuidedMaxPool2d(Foldable):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
+class GuidedFeatureActivation(Foldable):
+    """A guided activation on feature or token stream sets ``(S, *leading, D)``: dim 0 is always the stream axis.
+
+    Unlike :class:`GuidedActivation` itself, no rank is read as "no stream axis", so a token set
+    ``(S, B, T, D)`` is never mistaken for an image batch; a plain batch enters with ``StreamEntry``.
+    """
+
+    def __init__(self, activation: GuidedActivation) -> None:
+        super().__init__()
+        if not isinstance(activation, GuidedActivation):
+            raise ValueError(f"expected a GuidedActivation, got {type(activation).__name__}")
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2:
+            raise ValueError(
+                f"{type(self).__name__} got a tensor of shape {tuple(x.shape)}; expected (streams, *leading, "
+                "features) with the stream axis first (add it with nsrep.streams.StreamEntry)"
+            )
+        return self.activation.on_streams(x)
+
+    def fold(self) -> nn.Module:
+        return self.activation.plain()
+
+
 GUIDED_ACTIVATIONS: dict[str, type[GuidedActivation]] = {
     "relu": GuidedReLU,
     "relu6": GuidedReLU6,
@@ -216,3 +253,8 @@ def guided_activation(name: str, **kwargs) -> GuidedActivation:
     """A guided activation by name (``relu``, ``relu6``, ``leaky_relu``, ``silu``, ``gelu``, ``hardswish``)."""
     check_choice("activation", name, tuple(GUIDED_ACTIVATIONS))
     return GUIDED_ACTIVATIONS[name](**kwargs)
+
+
+def guided_feature_activation(name: str, **kwargs) -> GuidedFeatureActivation:
+    """A guided activation by name for feature/token stream sets ``(S, *leading, D)`` (stream axis always dim 0)."""
+    return GuidedFeatureActivation(guided_activation(name, **kwargs))
