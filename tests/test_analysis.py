@@ -170,6 +170,17 @@ def test_analyze_writes_figures_and_the_numbers_behind_them(two_runs, tmp_path):
     assert "40 test images" in report.summary and "block drop acnet-ns" in report.summary
 
 
+def test_analyze_command(two_runs, tmp_path, capsys):
+    from nsrep.cli import main
+
+    args = ["analyze", str(two_runs / "block"), str(two_runs / "ns"), "--out", str(tmp_path), "--max-images", "16"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "16 test images of synthetic" in out and "topologies acnet-ns" in out
+    assert main(["analyze", str(two_runs / "ns"), "--unit", "nope", "--out", str(tmp_path)]) == 2
+    assert "no unit named 'nope'" in capsys.readouterr().err
+
+
 def test_analyze_refuses_mixed_data_and_unknown_units(two_runs, tmp_path):
     with pytest.raises(ValueError, match="no unit named 'conv9'"):
         analyze([two_runs / "ns"], tmp_path, unit="conv9", max_images=8, progress=False)

@@ -273,6 +273,22 @@ def test_a_killed_write_never_leaves_a_truncated_checkpoint(tmp_path):
     assert not list(tmp_path.glob(".checkpoint.pt.tmp-*")) and load_checkpoint(path)["epoch"] == 3
 
 
+def test_atomic_writes_get_the_permissions_of_an_ordinary_file(tmp_path):
+    from nsrep.fileio import atomic_write
+
+    umask = os.umask(0o022)
+    try:
+        fresh = atomic_write(tmp_path / "new.txt", lambda f: f.write(b"x"))
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.txt"
+        kept.write_bytes(b"old")
+        kept.chmod(0o600)
+        atomic_write(kept, lambda f: f.write(b"new"))
+        assert kept.stat().st_mode & 0o777 == 0o600 and kept.read_bytes() == b"new"
+    finally:
+        os.umask(umask)
+
+
 class Unpicklable:
     def __reduce__(self):
         raise RuntimeError("cannot pickle this")

@@ -23,7 +23,19 @@ from nsrep.models import list_models
 from nsrep.probe import DEFAULT_HEADS, EXAMPLE_DATASETS, SKLEARN_DATASETS, ProbeConfig
 from nsrep.train.config import list_recipes
 
-__all__ = ["build_parser", "demo", "deploy", "evaluate", "export", "features", "info", "main", "probe", "train"]
+__all__ = [
+    "analyze",
+    "build_parser",
+    "demo",
+    "deploy",
+    "evaluate",
+    "export",
+    "features",
+    "info",
+    "main",
+    "probe",
+    "train",
+]
 
 PROG = "nsrep"
 EXIT_USAGE = 2  # argparse's status for a bad command line; user-input errors reuse it
@@ -160,6 +172,23 @@ def demo(*, out: str = "runs/demo", epochs: int | None = None, fresh: bool = Fal
     rows = run_demo(out, overrides=overrides, fresh=fresh)
     print(format_demo_table(rows))
     print(f"learning curves: {Path(out) / CURVES_FILE}")
+
+
+def analyze(
+    checkpoints: Sequence[str],
+    *,
+    data: str | None = None,
+    out: str = "analysis",
+    unit: str | None = None,
+    max_images: int = 512,
+    batch_size: int = 128,
+) -> None:
+    """Feature similarity, kernel pictures, block drop and topology counts of trained checkpoints (PNG + CSV)."""
+    from nsrep.analysis import analyze as run_analysis
+
+    report = run_analysis(checkpoints, out, data=data, unit=unit, max_images=max_images, batch_size=batch_size)
+    print(report.summary)
+    print(f"figures and tables: {', '.join(str(p) for p in report.files)}")
 
 
 def probe(
@@ -344,6 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
     p.add_argument("--epochs", type=int, help="epochs per variant (default: the demo recipe's)")
     p.add_argument("--fresh", action="store_true", help="retrain variants even when a finished run exists")
+
+    p = _add_command(subparsers, analyze)
+    p.add_argument(
+        "checkpoints", nargs="+", help="run folders or checkpoint.pt files (e.g. a block-level and an NS run)"
+    )
+    p.add_argument("--data", help="data to analyse on (default: the data the runs were trained on)")
+    p.add_argument("--out", default="analysis", help="folder for the PNG figures and CSV tables (default: analysis)")
+    p.add_argument("--unit", help="unit whose branch kernels to picture (default: a middle 3x3 unit)")
+    p.add_argument("--max-images", type=int, default=512, help="test images to analyse (default: 512)")
+    p.add_argument("--batch-size", type=int, default=128)
 
     p = _add_command(subparsers, probe)
     p.add_argument("files", nargs="*", metavar="FILE.npz", help="feature files (train_x, train_y, test_x, test_y)")
