@@ -174,6 +174,29 @@ def demo(*, out: str = "runs/demo", epochs: int | None = None, fresh: bool = Fal
     print(f"learning curves: {Path(out) / CURVES_FILE}")
 
 
+def sweep(spec: str, *, out: str | None = None, shard: str | None = None, max_runs: int | None = None) -> None:
+    """Run a sweep spec (grid x methods x seeds), skipping finished runs; collect results.csv."""
+    from nsrep.experiments import load_spec, parse_shard, run_sweep
+
+    out = out or str(Path("runs") / "sweeps" / load_spec(spec).name)
+    status = run_sweep(spec, out, shard=parse_shard(shard), max_runs=max_runs)
+    print(
+        f"sweep folder {out}: trained {len(status.trained)}, skipped {len(status.skipped)} finished, "
+        f"{len(status.remaining)} left for later; results in {status.results}"
+    )
+
+
+def report(sweep_dir: str, *, reference: Sequence[str] = ()) -> None:
+    """Tables (mean ± std over seeds, paired differences with 95% CIs, training cost) and plots of a sweep."""
+    from nsrep.experiments import build_report
+    from nsrep.train.config import parse_override
+
+    ref = dict(parse_override(r) for r in reference) if reference else None
+    result = build_report(sweep_dir, reference=ref)
+    print(result.markdown)
+    print(f"written: {', '.join(str(p) for p in result.files)}")
+
+
 def analyze(
     checkpoints: Sequence[str],
     *,
@@ -373,6 +396,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
     p.add_argument("--epochs", type=int, help="epochs per variant (default: the demo recipe's)")
     p.add_argument("--fresh", action="store_true", help="retrain variants even when a finished run exists")
+
+    p = _add_command(subparsers, sweep)
+    p.add_argument("spec", help="sweep YAML (see experiments/)")
+    p.add_argument("--out", help="sweep folder (default: runs/sweeps/NAME)")
+    p.add_argument("--shard", metavar="i/n", help="run every n-th run starting at i (several machines or GPUs)")
+    p.add_argument("--max-runs", type=int, help="stop after training this many runs (resume later)")
+
+    p = _add_command(subparsers, report)
+    p.add_argument("sweep_dir", help="a folder written by nsrep sweep")
+    p.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reference row for the differences (default: the spec's report.reference)",
+    )
 
     p = _add_command(subparsers, analyze)
     p.add_argument(

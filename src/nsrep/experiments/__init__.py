@@ -1,0 +1,26 @@
+"""Experiments: sweeps over methods, branches and seeds (``nsrep sweep``) and their reports (``nsrep report``).
+
+Spec files for the paper's tables (paper scale and CPU scale) live in the repository's ``experiments/``.
+"""
+
+from nsrep.experiments.report import Cell, Difference, SweepReport, build_report, mean_std, paired_difference
+from nsrep.experiments.spec import ReportSpec, RunPlan, SweepSpec, load_spec
+from nsrep.experiments.sweep import SweepStatus, collect_results, parse_shard, read_results, run_sweep
+
+__all__ = [
+    "Cell",
+    "Difference",
+    "ReportSpec",
+    "RunPlan",
+    "SweepReport",
+    "SweepSpec",
+    "SweepStatus",
+    "build_report",
+    "collect_results",
+    "load_spec",
+    "mean_std",
+    "paired_difference",
+    "parse_shard",
+    "read_results",
+    "run_sweep",
+]

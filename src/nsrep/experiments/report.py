@@ -1,0 +1,252 @@
+"""``nsrep report``: a sweep's results as the paper's tables, with honest statistics, and plots.
+
+Cells are ``mean ± std (n=seeds)`` of the deployed network's test top-1 (the sample standard deviation,
+ddof 1). Differences to the reference row are paired by seed within each column: the mean of the per-seed
+differences with a 95% confidence interval from Student's t with n-1 degrees of freedom. A difference whose
+interval contains 0 is within the noise of these seeds.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nsrep.experiments.sweep import read_results, run_metrics, stored_spec
+from nsrep.fileio import atomic_write
+from nsrep.info import markdown_table
+
+__all__ = ["Cell", "Difference", "SweepReport", "build_report", "mean_std", "paired_difference"]
+
+REPORT_FILE = "report.md"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Mean and sample standard deviation of ``n`` values (std is nan for one value)."""
+
+    mean: float
+    std: float
+    n: int
+
+    def __str__(self) -> str:
+        spread = f" ± {self.std:.2f}" if not math.isnan(self.std) else ""
+        return f"{self.mean:.2f}{spread} (n={self.n})"
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Mean paired difference and its 95% confidence interval over ``n`` seeds (nan bounds for n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def significant(self) -> bool:
+        """The interval excludes 0 (a difference beyond the noise of these seeds)."""
+        return not math.isnan(self.low) and (self.low > 0 or self.high < 0)
+
+    def __str__(self) -> str:
+        if math.isnan(self.low):
+            return f"{self.mean:+.2f} (n={self.n}, no interval)"
+        mark = " *" if self.significant else ""
+        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] (n={self.n}){mark}"
+
+
+def mean_std(values: Sequence[float]) -> Cell:
+    """:class:`Cell` of ``values``."""
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return Cell(statistics.fmean(values), std, len(values))
+
+
+def paired_difference(values: Mapping[int, float], reference: Mapping[int, float]) -> Difference:
+    """``values - reference`` paired by seed (seeds present in both), with a 95% t interval."""
+    seeds = sorted(set(values) & set(reference))
+    if not seeds:
+        raise ValueError("no seed is shared with the reference row; cannot pair the runs")
+    diffs = [values[s] - reference[s] for s in seeds]
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return Difference(mean, float("nan"), float("nan"), 1)
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return Difference(mean, mean - half, mean + half, len(diffs))
+
+
+def _label(row: Mapping[str, Any], keys: Sequence[str], default: str) -> str:
+    return ", ".join(f"{k}={row[k]}" for k in keys) if keys else default
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """The report's markdown and the files written next to it."""
+
+    markdown: str
+    files: list[Path]
+
+
+def build_report(
+    sweep_dir: str | os.PathLike, *, reference: Mapping[str, Any] | None = None, plots: bool = True
+) -> SweepReport:
+    """Tables (accuracy, differences to the reference, training cost) and plots of a sweep folder."""
+    sweep = Path(sweep_dir)
+    spec = stored_spec(sweep)
+    results = read_results(sweep)
+    if not results:
+        raise ValueError(f"{str(sweep)!r} has no finished run yet")
+    rows_keys, col_keys = spec.report.rows, spec.report.columns
+    reference = dict(spec.report.reference if reference is None else reference)
+    unknown = set(reference) - set(rows_keys)
+    if unknown:
+        raise ValueError(f"reference keys {sorted(unknown)} are not row keys; row keys: {', '.join(rows_keys)}")
+    row_values = {_label(r, rows_keys, "all runs"): {k: r[k] for k in rows_keys} for r in results}
+    row_labels = list(row_values)
+    col_labels = list(dict.fromkeys(_label(r, col_keys, "top-1 (%)") for r in results))
+    by_cell: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for r in results:
+        by_cell.setdefault((_label(r, rows_keys, "all runs"), _label(r, col_keys, "top-1 (%)")), {})[r["seed"]] = r
+
+    lines = [f"# {spec.name}", "", spec.description.strip(), ""] if spec.description else [f"# {spec.name}", ""]
+    lines += [f"Test top-1 (%) of the deployed networks, mean ± std over seeds; {len(results)} finished runs.", ""]
+    header = ("method", *col_labels)
+    body = []
+    for row in row_labels:
+        cells = []
+        for col in col_labels:
+            runs = by_cell.get((row, col), {})
+            cells.append(str(mean_std([r["top1"] for r in runs.values()])) if runs else "–")
+        body.append((row, *cells))
+    lines += markdown_table(header, body)
+
+    ref_label = None
+    if reference:
+        matches = [lbl for lbl in row_labels if all(str(row_values[lbl][k]) == str(v) for k, v in reference.items())]
+        if len(matches) != 1:
+            raise ValueError(f"reference {reference} matches {len(matches)} rows; rows: {'; '.join(row_labels)}")
+        ref_label = matches[0]
+        lines += ["", f"Difference to **{ref_label}**, paired by seed: mean [95% CI] (n); * = interval excludes 0.", ""]
+        body = []
+        for row in row_labels:
+            if row == ref_label:
+                continue
+            cells = []
+            for col in col_labels:
+                runs, ref_runs = by_cell.get((row, col), {}), by_cell.get((ref_label, col), {})
+                if runs and ref_runs and set(runs) & set(ref_runs):
+                    cells.append(
+                        str(
+                            paired_difference(
+                                {s: r["top1"] for s, r in runs.items()}, {s: r["top1"] for s, r in ref_runs.items()}
+                            )
+                        )
+                    )
+                else:
+                    cells.append("–")
+            body.append((row, *cells))
+        lines += markdown_table(("method", *col_labels), body)
+
+    lines += ["", "Training cost (mean over seeds): wall time per epoch, peak memory, parameters.", ""]
+    body = []
+    for row in row_labels:
+        for col in col_labels:
+            runs = list(by_cell.get((row, col), {}).values())
+            if not runs:
+                continue
+            body.append(
+                (
+                    row,
+                    col if col_keys else "",
+                    f"{statistics.fmean(r['epoch_seconds'] for r in runs):.2f}",
+                    f"{statistics.fmean(r['peak_memory_mib'] for r in runs):.0f}",
+                    f"{runs[0]['train_params']:,}",
+                    f"{runs[0]['deploy_params']:,}",
+                )
+            )
+    column_name = ", ".join(col_keys)
+    cost_header = ("method", column_name, "s / epoch", "peak MiB", "training params", "deployed params")
+    lines += markdown_table(cost_header, body)
+    markdown = "\n".join(lines) + "\n"
+    files = [atomic_write(sweep / REPORT_FILE, lambda f: f.write(markdown.encode()))]
+    if plots:
+        files.append(_accuracy_plot(by_cell, row_labels, col_labels, col_keys, sweep / "accuracy.png"))
+        files.append(_curves_plot(sweep, by_cell, row_labels, col_labels, sweep / "learning_curves.png"))
+    return SweepReport(markdown, files)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    _pyplot().close(fig)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def _accuracy_plot(
+    by_cell: Mapping[tuple[str, str], Mapping[int, Mapping[str, Any]]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    col_keys: Sequence[str],
+    path: Path,
+) -> Path:
+    """Mean ± std of top-1 per column (branch count, backbone, ...), one line per method."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(cols) + 3), 4.4), constrained_layout=True)
+    for i, row in enumerate(rows):
+        xs, means, stds = [], [], []
+        for j, col in enumerate(cols):
+            runs = by_cell.get((row, col), {})
+            if runs:
+                cell = mean_std([r["top1"] for r in runs.values()])
+                xs.append(j + (i - (len(rows) - 1) / 2) * 0.06)
+                means.append(cell.mean)
+                stds.append(0.0 if math.isnan(cell.std) else cell.std)
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=4, label=row)
+    ax.set_xticks(range(len(cols)), [c.split("=", 1)[-1] if len(col_keys) == 1 else c for c in cols])
+    ax.set(xlabel=", ".join(col_keys) or "", ylabel="test top-1 (%)", title="Accuracy (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _curves_plot(
+    sweep: Path,
+    by_cell: Mapping[tuple[str, str], Mapping[int, Mapping[str, Any]]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    path: Path,
+) -> Path:
+    """Test top-1 per epoch (mean over seeds), one panel per column, one line per method."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols) + 1, 3.8), squeeze=False, constrained_layout=True)
+    for j, col in enumerate(cols):
+        ax = axes[0][j]
+        for i, row in enumerate(rows):
+            runs = by_cell.get((row, col), {})
+            curves = [[m["test_top1"] for m in run_metrics(sweep, r["run"])] for r in runs.values()]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            mean = [statistics.fmean(c[e] for c in curves) for e in range(length)]
+            ax.plot(range(1, length + 1), mean, color=f"C{i}", label=row)
+        ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=col)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,188 @@
+"""Sweeps and reports: interrupted sweeps resume without rerunning, statistics match an independent computation."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from nsrep.cli import main
+from nsrep.experiments import build_report, load_spec, mean_std, paired_difference, parse_shard, run_sweep
+from nsrep.train.trainer import SUMMARY_FILE, train
+
+RECIPE = """
+data: synthetic
+arch: resnet18
+width_mult: 0.125
+family: acnet
+epochs: 2
+batch_size: 32
+eval_batch_size: 64
+lr: 0.02
+warmup_epochs: 0.5
+workers: 0
+progress: false
+"""
+
+SPEC = """
+name: tiny
+description: two connectivities x two seeds on synthetic data
+recipe: tiny-recipe.yaml
+methods:
+  - {connectivity: block}
+  - {connectivity: ns}
+seeds: [0, 1]
+report:
+  rows: [connectivity]
+  reference: {connectivity: block}
+"""
+
+
+def write_spec(folder: Path, text: str = SPEC) -> Path:
+    (folder / "tiny-recipe.yaml").write_text(RECIPE)
+    path = folder / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> tuple[Path, dict]:
+    """A tiny sweep, interrupted twice (a run-count limit, a run stopped mid-training), then resumed."""
+    root = tmp_path_factory.mktemp("sweep")
+    spec_path = write_spec(root)
+    out = root / "out"
+    first = run_sweep(spec_path, out, max_runs=1, progress=False)
+    assert len(first.trained) == 1 and len(first.remaining) == 3
+    assert len(read_csv(out / "results.csv")) == 1
+    stamps = {first.trained[0]: (out / "runs" / first.trained[0] / SUMMARY_FILE).stat().st_mtime_ns}
+    # a run killed after its first epoch: the sweep must resume it, not restart it
+    plans = load_spec(spec_path).plans()
+    partial = plans[1]
+    train(partial.config, out / "runs" / partial.name, stop_after=1)
+    second = run_sweep(spec_path, out, progress=False)
+    assert second.skipped == first.trained and len(second.trained) == 3 and not second.remaining
+    third = run_sweep(spec_path, out, progress=False)
+    assert not third.trained and len(third.skipped) == 4
+    return out, {"stamps": stamps, "partial": partial.name}
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_finished_runs(finished_sweep):
+    out, info = finished_sweep
+    for name, stamp in info["stamps"].items():  # the first run was never trained again
+        assert (out / "runs" / name / SUMMARY_FILE).stat().st_mtime_ns == stamp
+    metrics = (out / "runs" / info["partial"] / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2  # epoch 1 from the interrupted invocation, epoch 2 from the resumed one
+    rows = read_csv(out / "results.csv")
+    assert sorted((r["connectivity"], r["seed"]) for r in rows) == [
+        ("block", "0"),
+        ("block", "1"),
+        ("ns", "0"),
+        ("ns", "1"),
+    ]
+    assert all(float(r["top1"]) == pytest.approx(float(r["top1_train_form"])) for r in rows)
+
+
+def test_report_statistics_match_an_independent_computation(finished_sweep):
+    out, _ = finished_sweep
+    rows = read_csv(out / "results.csv")
+    acc = {(r["connectivity"], int(r["seed"])): float(r["top1"]) for r in rows}
+    report = build_report(out)
+    for connectivity in ("block", "ns"):
+        values = [acc[(connectivity, s)] for s in (0, 1)]
+        expected = f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f} (n=2)"
+        assert expected in report.markdown
+    diffs = np.array([acc[("ns", s)] - acc[("block", s)] for s in (0, 1)])
+    half = stats.t.ppf(0.975, 1) * diffs.std(ddof=1) / math.sqrt(2)
+    assert f"{diffs.mean():+.2f} [{diffs.mean() - half:+.2f}, {diffs.mean() + half:+.2f}] (n=2)" in report.markdown
+    assert {p.name for p in report.files} == {"report.md", "accuracy.png", "learning_curves.png"}
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "s / epoch" in report.markdown and "peak MiB" in report.markdown
+
+
+def test_mean_std_and_paired_difference_by_hand():
+    cell = mean_std([1.0, 2.0, 4.0])
+    assert (cell.mean, cell.n) == (pytest.approx(7 / 3), 3)
+    assert cell.std == pytest.approx(statistics.stdev([1.0, 2.0, 4.0]))
+    assert math.isnan(mean_std([5.0]).std) and str(mean_std([5.0])) == "5.00 (n=1)"
+    d = paired_difference({0: 3.0, 1: 5.0, 2: 4.0, 9: 100.0}, {0: 1.0, 1: 2.0, 2: 2.0})  # seed 9 unpaired
+    diffs = [2.0, 3.0, 2.0]
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
+    assert (d.mean, d.low, d.high, d.n) == pytest.approx((7 / 3, 7 / 3 - half, 7 / 3 + half, 3))
+    assert d.significant
+    assert not paired_difference({0: 1.0, 1: 3.0}, {0: 2.0, 1: 2.0}).significant
+    with pytest.raises(ValueError, match="no seed is shared"):
+        paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_shards_partition_the_runs(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    names = [p.name for p in spec.plans()]
+    shard0 = [n for i, n in enumerate(names) if i % 2 == 0]
+    assert parse_shard("0/2") == (0, 2) and parse_shard(None) == (0, 1)
+    assert set(shard0).isdisjoint(n for i, n in enumerate(names) if i % 2 == 1)
+    for bad in ("2/2", "a/b", "3", "-1/2"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds repeat"),
+        (("seeds: [0, 1]", "seeds: []"), "non-empty list of integers"),
+        (
+            ("  rows: [connectivity]", "  rows: [connectivity]\n  columns: [family]"),
+            "report key 'family' is not varied",
+        ),
+        (("  rows: [connectivity]", "  rows: [seed]"), "reference keys .* must be row keys"),
+        (("name: tiny", "name: tiny\ngrids: {}"), r"unknown keys \['grids'\]"),
+        (("{connectivity: ns}", "{connectivity: nss}"), "unknown connectivity 'nss'"),
+        (("{connectivity: ns}", "{conectivity: ns}"), "Did you mean 'connectivity'"),
+    ],
+)
+def test_bad_specs_fail_before_any_run(tmp_path, change, message):
+    path = write_spec(tmp_path, SPEC.replace(*change))
+    with pytest.raises(ValueError, match=message):
+        run_sweep(path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_folder_refuses_another_spec(finished_sweep, tmp_path):
+    out, _ = finished_sweep
+    other = write_spec(tmp_path, SPEC.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    with pytest.raises(ValueError, match="holds a different sweep"):
+        run_sweep(other, out, progress=False)
+
+
+def test_sweep_and_report_commands(finished_sweep, capsys):
+    out, _ = finished_sweep
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "# tiny" in text and "Difference to **connectivity=block**" in text
+    assert main(["report", str(out), "--reference", "connectivity=ns"]) == 0
+    assert "Difference to **connectivity=ns**" in capsys.readouterr().out
+    assert main(["report", str(out), "--reference", "family=dbb"]) == 2
+    assert "not row keys" in capsys.readouterr().err
+    assert main(["report", str(out.parent)]) == 2
+    assert "not a sweep folder" in capsys.readouterr().err
+
+
+def test_shipped_specs_are_valid():
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+    specs = sorted(folder.glob("*.yaml"))
+    assert {p.stem for p in specs} >= {"table1", "table3", "table7", "table8", "table1-cpu", "table3-cpu"}
+    for path in specs:
+        spec = load_spec(path)
+        assert spec.plans() and len(spec.seeds) >= 3
+        if path.stem.endswith("-cpu"):
+            assert spec.recipe == "demo" and "CPU-scale" in spec.description
