@@ -5,6 +5,7 @@ every branch into one plain convolution for inference.
 """
 
 from nsrep.connectivity import CONNECTIVITIES
+from nsrep.convert import convert, fold_into
 from nsrep.families import FAMILIES
 from nsrep.foldable import Foldable
 from nsrep.guided import GuidedMaxPool2d, GuidedReLU, guided_activation
@@ -25,8 +26,10 @@ __all__ = [
     "RepConv2d",
     "RepLinear",
     "UnitConfig",
+    "convert",
     "create_head",
     "create_model",
+    "fold_into",
     "guided_activation",
     "list_models",
     "model_options",

@@ -1,0 +1,86 @@
+"""``convert``: any PyTorch CNN made branch-level (NS) without rewriting it."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+
+from nsrep.convert.fallback import walk
+from nsrep.convert.report import Conversion
+from nsrep.convert.tracing import rewrite, trace
+from nsrep.convert.units import INITS
+from nsrep.reparam import unwrap_model, verify_equivalence
+from nsrep.units import DEFAULT_MAX_STREAMS, UnitConfig
+from nsrep.validation import check_choice
+
+__all__ = ["convert"]
+
+
+def convert(
+    model: nn.Module,
+    family: str = "dbb",
+    connectivity: str = "ns",
+    stochastic: float = 1.0,
+    pair_drop: float = 0.0,
+    init: str = "fresh",
+    example_input: Tensor | None = None,
+    *,
+    num_branches: int | None = None,
+    max_streams: int = DEFAULT_MAX_STREAMS,
+) -> nn.Module:
+    """A branch-level copy of ``model``: every ``Conv2d`` (with the BatchNorm after it) a ``family`` unit.
+
+    ``model`` is traced with ``torch.fx`` and every op between units is made stream-aware (see
+    :mod:`nsrep.convert.tracing`); what is not stream-aware runs after a stream sum, and what would have to
+    feed stream sets again raises ``ValueError`` naming the op and its module. ``model`` is left untouched.
+
+    ``init="fresh"``: units start from nsrep's init. ``init="preserve"``: the converted model starts as the
+    same function as ``model`` in eval mode (conv and BN copied into each unit's k×k branch, every other
+    branch starting at zero output), to fine-tune pretrained networks.
+
+    When fx cannot trace ``model``, it falls back to module walking with ``block`` connectivity (a warning
+    says so; see :mod:`nsrep.convert.fallback`). ``example_input``, if given, runs the converted model once
+    in eval mode (errors surface here) and, with ``init="preserve"``, records its distance to ``model``.
+
+    Returns an ``fx.GraphModule`` (or the fallback's copy of ``model``) with a report ``nsrep_conversion``;
+    :func:`nsrep.fold_into` writes its folded weights back into ``model``'s own class, and
+    :func:`nsrep.reparameterize` folds it in place of the graph.
+    """
+    check_choice("init", init, INITS)
+    config = UnitConfig(family, connectivity, stochastic, pair_drop, num_branches, max_streams)
+    source = unwrap_model(model)
+    # Traced in eval mode: code outside torch.nn modules that branches on ``self.training`` (torchvision's
+    # StochasticDepth) is frozen at trace time, and its eval form is the one that keeps eval outputs right.
+    work = copy.deepcopy(source).eval()
+    try:
+        graph_module = trace(work)
+    except Exception as err:  # fx raises many kinds; any of them means "no graph"
+        report = Conversion("module-walk", family, "block", init)
+        report.unconverted.append(
+            f"<model> ({type(source).__name__}): fx cannot trace it ({type(err).__name__}: {err}); "
+            "converted by module walking with block connectivity"
+        )
+        if connectivity != "block":
+            warnings.warn(
+                f"nsrep.convert: fx cannot trace {type(source).__name__} ({err}); falling back to module walking "
+                f"with block connectivity instead of {connectivity!r}",
+                stacklevel=2,
+            )
+        converted = walk(work, replace(config, connectivity="block"), init, report)
+    else:
+        report = Conversion("fx", family, connectivity, init)
+        converted = rewrite(graph_module, config, init, report)
+    converted.train(source.training)
+    if example_input is not None:
+        if init == "preserve":
+            report.check = verify_equivalence(source, converted, example_input)
+        else:
+            was_training = converted.training
+            with torch.no_grad():
+                converted.eval()(example_input)
+            converted.train(was_training)
+    return converted

@@ -1,0 +1,264 @@
+"""Stream-aware replacements for the operations between units of a converted network.
+
+Each module takes stream sets ``(S, B, ...)`` (the stream axis first, as everywhere in nsrep) and folds to the
+plain op it replaces, taking the same call arguments, so :func:`nsrep.reparameterize` also works on a
+converted graph. Linear ops act per stream; a constant or a plain tensor that enters a stream set is split as
+``c/S`` so that the aggregate receives it once (DESIGN §3); non-linear decisions come from the aggregate.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from nsrep import kernels
+from nsrep.foldable import Foldable
+from nsrep.streams import add_streams, spread
+
+__all__ = [
+    "Arith",
+    "Call",
+    "Cat",
+    "PerStream",
+    "Reshape",
+    "StreamArith",
+    "StreamBatchNorm2d",
+    "StreamCat",
+    "StreamDropout",
+    "StreamFlatten",
+    "StreamReshape",
+]
+
+
+def _shift(dim: int) -> int:
+    """A per-stream dim as a dim of the stream set (S, ...): non-negative dims move by one, negative stay."""
+    return dim + 1 if dim >= 0 else dim
+
+
+class Call(nn.Module):
+    """A functional op as a module: ``Call(F.avg_pool2d)(x, 2)`` is ``F.avg_pool2d(x, 2)``."""
+
+    def __init__(self, fn: Callable) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return getattr(self.fn, "__name__", repr(self.fn))
+
+
+class PerStream(Foldable):
+    """A batch op applied to every stream: (S, B, ...) -> op on the free view (S*B, ...) -> (S, B, ...)."""
+
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        return self.op(x.flatten(0, 1), *args, **kwargs).unflatten(0, x.shape[:2])
+
+    def fold(self) -> nn.Module:
+        return copy.deepcopy(self.op)
+
+
+class Arith(nn.Module):
+    """Plain ``a + b`` or ``a - b``: the deploy form of :class:`StreamArith`."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        if op not in ("add", "sub"):
+            raise ValueError(f"op must be 'add' or 'sub', got {op!r}")
+        self.op = op
+
+    def forward(self, a, b):
+        return a + b if self.op == "add" else a - b
+
+    def extra_repr(self) -> str:
+        return repr(self.op)
+
+
+class StreamArith(Foldable):
+    """``a ± b`` where at least one side is a stream set; ``None`` marks a plain side (tensor or number).
+
+    Two stream sets add stream-wise after the lcm spread (:func:`nsrep.streams.add_streams`); a plain side is
+    spread as ``b/S`` over the S streams of the other, so the aggregate adds it exactly once.
+    """
+
+    def __init__(self, op: str, a_streams: int | None, b_streams: int | None, max_streams: int = 64) -> None:
+        super().__init__()
+        if a_streams is None and b_streams is None:
+            raise ValueError("StreamArith needs at least one stream set")
+        self.plain = Arith(op)
+        self.op, self.a_streams, self.b_streams, self.max_streams = op, a_streams, b_streams, max_streams
+        counts = [s for s in (a_streams, b_streams) if s is not None]
+        self.out_streams = math.lcm(*counts)
+        if self.out_streams > max_streams:
+            raise ValueError(f"{op} of {a_streams} and {b_streams} streams needs {self.out_streams} > {max_streams}")
+
+    def forward(self, a, b):
+        if self.a_streams is not None and self.b_streams is not None:
+            return add_streams(a, b if self.op == "add" else -b, self.max_streams)
+        if self.a_streams is not None:
+            return self.plain(a, b / a.shape[0])
+        return self.plain(a / b.shape[0], b)
+
+    def fold(self) -> nn.Module:
+        return Arith(self.op)
+
+    def extra_repr(self) -> str:
+        return f"{self.op!r}, streams={self.a_streams}, {self.b_streams} -> {self.out_streams}"
+
+
+class Cat(nn.Module):
+    """Plain ``torch.cat(tensors, dim)``: the deploy form of :class:`StreamCat`."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, tensors: Sequence[Tensor]) -> Tensor:
+        return torch.cat(tuple(tensors), self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class StreamCat(Foldable):
+    """``torch.cat`` of stream sets (and plain tensors, which enter as one stream) along a per-stream dim.
+
+    All inputs are spread to the lcm of their stream counts first (aggregate preserved), then concatenated
+    stream-wise: the aggregate of the result is the concatenation of the aggregates.
+    """
+
+    def __init__(self, streams: Sequence[int | None], dim: int, max_streams: int = 64) -> None:
+        super().__init__()
+        self.streams, self.dim = tuple(streams), dim
+        self.out_streams = math.lcm(*(s or 1 for s in self.streams))
+        if self.out_streams > max_streams:
+            raise ValueError(f"cat of {self.streams} streams needs {self.out_streams} > max_streams={max_streams}")
+
+    def forward(self, tensors: Sequence[Tensor]) -> Tensor:
+        sets = [t if s is not None else t.unsqueeze(0) for t, s in zip(tensors, self.streams, strict=True)]
+        sets = [spread(t, self.out_streams // t.shape[0]) for t in sets]
+        return torch.cat(sets, _shift(self.dim))
+
+    def fold(self) -> nn.Module:
+        return Cat(self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, streams={self.streams} -> {self.out_streams}"
+
+
+class StreamFlatten(Foldable):
+    """``flatten(start_dim, end_dim)`` of every stream (dims of the per-stream tensor)."""
+
+    def __init__(self, start_dim: int, end_dim: int) -> None:
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(_shift(self.start_dim), _shift(self.end_dim))
+
+    def fold(self) -> nn.Module:
+        return nn.Flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+def _shape(shape: tuple) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], tuple | list | torch.Size):
+        return tuple(shape[0])
+    return shape
+
+
+class Reshape(nn.Module):
+    """Plain ``x.reshape(*shape)``: the deploy form of :class:`StreamReshape`."""
+
+    def forward(self, x: Tensor, *shape) -> Tensor:
+        return x.reshape(*_shape(shape))
+
+
+class StreamReshape(Foldable):
+    """``view``/``reshape`` of every stream: (S, ...) -> (S, *shape)."""
+
+    def forward(self, x: Tensor, *shape) -> Tensor:
+        return x.reshape(x.shape[0], *_shape(shape))
+
+    def fold(self) -> nn.Module:
+        return Reshape()
+
+
+class StreamDropout(Foldable):
+    """Dropout with one mask shared by every stream (``channelwise``: one draw per (sample, channel), as
+    ``Dropout2d``); ``on_streams=False`` is ordinary dropout of a plain batch.
+
+    It follows the module's own train/eval mode, also where it replaces ``F.dropout(x, p, self.training)``,
+    whose ``training`` argument fx tracing would otherwise freeze at its trace-time value.
+    """
+
+    def __init__(self, p: float, channelwise: bool = False, on_streams: bool = True) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        self.p, self.channelwise, self.on_streams = p, channelwise, on_streams
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return x * 0
+        per = x[0] if self.on_streams else x  # (B, C, ...) of one stream
+        shape = (*per.shape[:2], *([1] * (per.dim() - 2))) if self.channelwise else per.shape
+        mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - self.p) / (1 - self.p)
+        return x * mask  # broadcast over the stream axis: the same mask for every stream
+
+    def fold(self) -> nn.Module:
+        return nn.Dropout2d(self.p) if self.channelwise else nn.Dropout(self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, channelwise={self.channelwise}, on_streams={self.on_streams}"
+
+
+class StreamBatchNorm2d(Foldable, nn.BatchNorm2d):
+    """A BatchNorm that is not part of a unit (e.g. pre-activation), on stream sets: guided by the aggregate.
+
+    Its statistics are those of the aggregate ``A`` (batch statistics in training, running ones in eval), and
+    every stream gets the same affine map with the shift split as ``shift/S``: the streams sum to ``bn(A)``
+    exactly, in training and eval. A 4-D batch is one plain batch. Same parameters and state-dict keys as the
+    ``nn.BatchNorm2d`` it replaces, to which it folds.
+    """
+
+    @classmethod
+    def from_bn(cls, bn: nn.BatchNorm2d) -> StreamBatchNorm2d:
+        if not (bn.affine and bn.track_running_stats):
+            raise ValueError("only an affine BatchNorm2d with running statistics can act on stream sets")
+        new = cls(bn.num_features, bn.eps, bn.momentum, device=bn.weight.device, dtype=bn.weight.dtype)
+        new.load_state_dict(bn.state_dict())
+        return new.train(bn.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4:
+            return super().forward(x)
+        a = x.sum(0)
+        if self.training:
+            with torch.no_grad():
+                super().forward(a)  # the running-statistics update of the deployed BN, by PyTorch's own rule
+            var, mean = torch.var_mean(a, dim=(0, 2, 3), unbiased=False)
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale, shift = kernels.bn_affine(mean, var, self.weight, self.bias, self.eps)
+        return x * scale.view(1, 1, -1, 1, 1) + (shift / x.shape[0]).view(1, 1, -1, 1, 1)
+
+    def fold(self) -> nn.Module:
+        bn = nn.BatchNorm2d(
+            self.num_features, self.eps, self.momentum, device=self.weight.device, dtype=self.weight.dtype
+        )
+        bn.load_state_dict(self.state_dict())
+        return bn

@@ -1,0 +1,570 @@
+"""The fx graph rewrite behind :func:`nsrep.convert`: which values carry stream sets, and what each op becomes.
+
+Every value of the traced graph gets a state:
+
+- ``Plain``: an ordinary tensor or constant never derived from a stream set (the input, shapes, parameters);
+- ``Streams(S)``: a stream set ``(S, B, ...)``;
+- ``Merged(restriction, origin)``: a plain tensor computed from a stream *sum* (the aggregate). Its
+  ``restriction`` says where it may go: ``None`` (a global average pool's output: anything, e.g. the SE
+  squeeze path or the head), ``"gate"`` (a Sigmoid/Hardsigmoid of streams, computed on their aggregate: it
+  may multiply stream sets and feed plain ops, nothing else), ``"forced"`` (an op that is not stream-aware
+  ran on the aggregate: only plain ops may follow, up to the output).
+
+Ops, given the states of their inputs (streams-first stream sets, DESIGN §1-§3):
+
+- ``Conv2d`` on the input or on streams: a unit (absorbing the ``BatchNorm2d`` that is its only user); on a
+  ``Merged`` value (SE convs, head convs): kept plain, on the aggregate, so its bias counts once;
+- ReLU, ReLU6, LeakyReLU, SiLU, GELU, Hardswish (modules, functions, methods): guided activations;
+  max-pool: guided max-pool; a BatchNorm not after a conv: :class:`~nsrep.convert.ops.StreamBatchNorm2d`;
+- avg-pool, adaptive avg-pool (not global), flatten, view/reshape, channel cat, add/sub, multiplication and
+  division by a plain value (an SE gate, a constant), dropout (one mask for all streams): per stream, a plain
+  operand of add/sub/cat split over the streams so that it counts once;
+- a global average pool (adaptive to 1×1, mean over H and W): on the aggregate (same result, cheaper);
+- anything else on streams: on the aggregate, after a stream sum (``after_sum`` in the report). If its result
+  would have to flow back into a unit or a stream set, the conversion is refused with a ``ValueError`` naming
+  the op and the module, never silently mishandled.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from dataclasses import dataclass
+from typing import NoReturn
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from nsrep.convert.ops import (
+    Call,
+    PerStream,
+    StreamArith,
+    StreamBatchNorm2d,
+    StreamCat,
+    StreamDropout,
+    StreamFlatten,
+    StreamReshape,
+)
+from nsrep.convert.report import Conversion, ConvertedConv
+from nsrep.convert.units import build_unit
+from nsrep.guided import (
+    GuidedActivation,
+    GuidedGELU,
+    GuidedHardswish,
+    GuidedLeakyReLU,
+    GuidedMaxPool2d,
+    GuidedReLU,
+    GuidedReLU6,
+    GuidedSiLU,
+)
+from nsrep.streams import StreamEntry, StreamSum
+from nsrep.units import UnitConfig
+
+__all__ = ["ConvertedModel", "rewrite", "trace"]
+
+GUIDED_SET = "ReLU, ReLU6, LeakyReLU, SiLU, GELU, Hardswish (Sigmoid/Hardsigmoid only as multiplicative gates)"
+
+
+class ConvertedModel(fx.GraphModule):
+    """A converted network: an fx ``GraphModule`` whose report survives ``copy.deepcopy`` (kept in ``meta``)."""
+
+    @property
+    def nsrep_conversion(self) -> Conversion:
+        return self.meta["nsrep_conversion"]
+
+    @nsrep_conversion.setter
+    def nsrep_conversion(self, report: Conversion) -> None:
+        self.meta["nsrep_conversion"] = report
+
+
+@dataclass(frozen=True)
+class Plain:
+    pass
+
+
+@dataclass(frozen=True)
+class Streams:
+    count: int
+
+
+@dataclass(frozen=True)
+class Merged:
+    restriction: str | None  # None, "gate" or "forced"
+    origin: str
+
+
+PLAIN = Plain()
+_RANK = {None: 0, "gate": 1, "forced": 2}
+
+# --- op tables ----------------------------------------------------------------------------------------------
+_ACT_FUNCTIONS = {
+    F.relu: "relu",
+    torch.relu: "relu",
+    F.relu_: "relu",
+    torch.relu_: "relu",
+    F.relu6: "relu6",
+    F.leaky_relu: "leaky_relu",
+    F.silu: "silu",
+    F.gelu: "gelu",
+    F.hardswish: "hardswish",
+}
+_ACT_METHODS = {"relu": "relu", "relu_": "relu"}
+_GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
+_GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
+_ADD = {operator.add, operator.iadd, torch.add}
+_SUB = {operator.sub, operator.isub, torch.sub}
+_MUL = {operator.mul, operator.imul, torch.mul}
+_DIV = {operator.truediv, operator.itruediv, torch.div}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+_SHAPE_METHODS = {"size", "dim"}
+_SHAPE_ATTRS = {"shape", "dtype", "device", "ndim"}
+_PASS_METHODS = {"contiguous", "clone"}
+
+
+def _arg(node: fx.Node, index: int, name: str, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _constant(value) -> bool:
+    return not any(isinstance(v, fx.Node) for v in (value if isinstance(value, tuple | list) else (value,)))
+
+
+def _is_global(size) -> bool:
+    return size == 1 or (isinstance(size, tuple | list) and len(size) == 2 and all(s == 1 for s in size))
+
+
+def _classify(node: fx.Node, module: nn.Module | None) -> str:
+    """The op kind of a call node (what it becomes on stream sets)."""
+    if module is not None:
+        table = {
+            nn.Conv2d: "conv",
+            nn.BatchNorm2d: "bn",
+            nn.MaxPool2d: "maxpool",
+            nn.AvgPool2d: "per_stream",
+            nn.AdaptiveAvgPool2d: "adaptive_avg",
+            nn.Flatten: "flatten",
+            nn.Dropout: "dropout",
+            nn.Dropout2d: "dropout",
+            nn.Identity: "pass",
+            nn.ReLU: "act",
+            nn.ReLU6: "act",
+            nn.LeakyReLU: "act",
+            nn.SiLU: "act",
+            nn.GELU: "act",
+            nn.Hardswish: "act",
+            nn.Sigmoid: "gate",
+            nn.Hardsigmoid: "gate",
+        }
+        return table.get(type(module), "other")
+    target = node.target
+    if node.op == "call_method":
+        if target in _ACT_METHODS:
+            return "act"
+        if target == "sigmoid":
+            return "gate"
+        if target in ("add", "add_"):
+            return "add"
+        if target in ("sub", "sub_"):
+            return "sub"
+        if target in ("mul", "mul_"):
+            return "mul"
+        if target in ("div", "div_"):
+            return "div"
+        if target == "flatten":
+            return "flatten"
+        if target in ("view", "reshape"):
+            return "reshape"
+        if target == "mean":
+            return "mean"
+        if target in _SHAPE_METHODS:
+            return "shape"
+        if target in _PASS_METHODS:
+            return "pass"
+        return "other"
+    if target in _ACT_FUNCTIONS:
+        return "act"
+    if target in _GATE_FUNCTIONS:
+        return "gate"
+    if target in _ADD:
+        return "add"
+    if target in _SUB:
+        return "sub"
+    if target in _MUL:
+        return "mul"
+    if target in _DIV:
+        return "div"
+    if target in _CAT:
+        return "cat"
+    if target is torch.flatten:
+        return "flatten"
+    if target is torch.reshape:
+        return "reshape"
+    if target is torch.mean:
+        return "mean"
+    if target is F.max_pool2d:
+        return "maxpool"
+    if target in (F.avg_pool2d, F.interpolate):
+        return "per_stream"
+    if target is F.adaptive_avg_pool2d:
+        return "adaptive_avg"
+    if target in (F.dropout, F.dropout2d):
+        return "dropout"
+    if target is getattr and node.args[1] in _SHAPE_ATTRS:
+        return "shape"
+    return "other"
+
+
+def _guided(node: fx.Node, module: nn.Module | None) -> GuidedActivation | None:
+    """The guided version of an activation call, or None when its arguments are not constants."""
+    if module is not None:
+        kind = type(module)
+        slope, approximate = getattr(module, "negative_slope", 0.01), getattr(module, "approximate", "none")
+        name = {
+            nn.ReLU: "relu",
+            nn.ReLU6: "relu6",
+            nn.LeakyReLU: "leaky_relu",
+            nn.SiLU: "silu",
+            nn.GELU: "gelu",
+            nn.Hardswish: "hardswish",
+        }[kind]
+    else:
+        name = _ACT_METHODS[node.target] if node.op == "call_method" else _ACT_FUNCTIONS[node.target]
+        slope = _arg(node, 1, "negative_slope", 0.01)
+        approximate = _arg(node, 1, "approximate", "none")
+        if not (_constant(slope) and _constant(approximate)):
+            return None
+    if name == "relu":
+        return GuidedReLU()
+    if name == "relu6":
+        return GuidedReLU6()
+    if name == "leaky_relu":
+        return GuidedLeakyReLU(slope)
+    if name == "silu":
+        return GuidedSiLU()
+    if name == "gelu":
+        return GuidedGELU(approximate)
+    return GuidedHardswish()
+
+
+class _Rewriter:
+    def __init__(self, gm: fx.GraphModule, config: UnitConfig, init: str, report: Conversion) -> None:
+        self.gm, self.graph, self.config, self.init, self.report = gm, gm.graph, config, init, report
+        self.state: dict[fx.Node, Plain | Streams | Merged] = {}
+        self.sums: dict[fx.Node, fx.Node] = {}
+        self.erased: set[fx.Node] = set()
+        self.calls = Counter(n.target for n in self.graph.nodes if n.op == "call_module")
+        gm.add_submodule("nsrep_entry", StreamEntry())
+        gm.add_submodule("nsrep_sum", StreamSum())
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+    def module(self, node: fx.Node) -> nn.Module | None:
+        return self.gm.get_submodule(node.target) if node.op == "call_module" else None
+
+    def describe(self, node: fx.Node) -> str:
+        if node.op == "call_module":
+            return f"{type(self.module(node)).__name__} module {node.target!r}"
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        kind = "method" if node.op == "call_method" else "function"
+        stack = node.meta.get("nn_module_stack") or {}
+        where = f" in module {next(reversed(stack.values()))[0]!r}" if stack else ""
+        return f"{kind} {name!r} (graph node {node.name!r}{where})"
+
+    def st(self, value) -> Plain | Streams | Merged:
+        return self.state[value] if isinstance(value, fx.Node) else PLAIN
+
+    def combine(self, node: fx.Node) -> Plain | Merged:
+        merged = [s for s in map(self.st, node.all_input_nodes) if isinstance(s, Merged)]
+        return max(merged, key=lambda m: _RANK[m.restriction]) if merged else PLAIN
+
+    def refuse(self, node: fx.Node, merged: Merged) -> NoReturn:
+        what = (
+            f"it takes the gate {merged.origin}, which nsrep computes on the stream aggregate and which may only "
+            "multiply stream sets"
+            if merged.restriction == "gate"
+            else f"its input comes from {merged.origin}, which is not stream-aware (guided set: {GUIDED_SET}) and "
+            "so runs on the stream sum"
+        )
+        raise ValueError(
+            f"nsrep.convert cannot convert {self.describe(node)}: {what}; the stream sum cannot be moved after it "
+            "because this op needs stream sets again. Replace the op by a supported one, or move it after the last "
+            "convolution."
+        )
+
+    def check_mixable(self, node: fx.Node, values) -> None:
+        """Values combined with stream sets must not carry a restricted aggregate."""
+        for v in values:
+            s = self.st(v)
+            if isinstance(s, Merged) and s.restriction is not None:
+                self.refuse(node, s)
+
+    def install(self, node: fx.Node, module: nn.Module, args: tuple, kwargs: dict | None = None) -> fx.Node:
+        """Replace ``node`` by a call of ``module``: at the node's own module path when that module is called
+        only here (names stay readable), else at ``nsrep_ops.<node>``."""
+        if node.op == "call_module" and self.calls[node.target] == 1:
+            path = node.target
+            parent, _, name = path.rpartition(".")
+            setattr(self.gm.get_submodule(parent), name, module)
+        else:
+            path = f"nsrep_ops.{node.name}"
+            self.gm.add_submodule(path, module)
+        with self.graph.inserting_after(node):
+            new = self.graph.call_module(path, args, kwargs or {})
+        node.replace_all_uses_with(new)
+        self.graph.erase_node(node)
+        self.erased.add(node)
+        return new
+
+    def summed(self, value: fx.Node) -> fx.Node:
+        """The stream sum of ``value`` (one node per summed value)."""
+        if value not in self.sums:
+            with self.graph.inserting_after(value):
+                self.sums[value] = self.graph.call_module("nsrep_sum", (value,))
+        return self.sums[value]
+
+    def sum_inputs(self, node: fx.Node) -> None:
+        for value in node.all_input_nodes:
+            if isinstance(self.st(value), Streams):
+                node.replace_input_with(value, self.summed(value))
+
+    # --- the pass ---------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        for node in list(self.graph.nodes):
+            if node in self.erased:
+                continue
+            if node.op in ("placeholder", "get_attr"):
+                self.state[node] = PLAIN
+            elif node.op == "output":
+                self.sum_inputs(node)
+            else:
+                module = self.module(node)
+                kind = _classify(node, module)
+                inputs = [self.st(v) for v in node.all_input_nodes]
+                if any(isinstance(s, Streams) for s in inputs) or kind == "conv" or kind == "dropout":
+                    result = getattr(self, f"visit_{kind}")(node, module)
+                else:
+                    result = (node, self.combine(node))
+                    if isinstance(result[1], Merged) and kind not in ("shape", "conv"):
+                        self.report.after_sum.append(self.describe(node))
+                self.state[result[0]] = result[1]
+        self.graph.lint()
+        self.gm.delete_all_unused_submodules()
+        self.gm.recompile()
+
+    def visit_other(self, node: fx.Node, module: nn.Module | None):
+        self.sum_inputs(node)
+        origin = self.describe(node)
+        self.report.after_sum.append(origin)
+        return node, Merged("forced", origin)
+
+    def visit_pass(self, node, module):
+        return node, self.st(node.args[0])
+
+    def visit_conv(self, node: fx.Node, conv: nn.Conv2d):
+        x = node.args[0]
+        s = self.st(x)
+        if isinstance(s, Merged):
+            if s.restriction is not None:
+                self.refuse(node, s)
+            self.report.plain_convs.append(node.target)
+            return node, s
+        if self.calls[node.target] != 1:
+            raise ValueError(
+                f"nsrep.convert cannot convert conv {node.target!r}: it is applied {self.calls[node.target]} times "
+                "(shared weights); each conv position needs its own unit"
+            )
+        bn_node = self.following_bn(node, conv)
+        bn = self.module(bn_node) if bn_node is not None else None
+        in_streams = s.count if isinstance(s, Streams) else 1
+        unit = build_unit(conv, bn, in_streams, self.config, self.init, node.target)
+        if isinstance(s, Plain):
+            with self.graph.inserting_before(node):
+                x = self.graph.call_module("nsrep_entry", (x,))
+        parent, _, name = node.target.rpartition(".")
+        setattr(self.gm.get_submodule(parent), name, unit)
+        node.args, node.kwargs = (x,), {}
+        if bn_node is not None:
+            bn_node.replace_all_uses_with(node)
+            self.graph.erase_node(bn_node)
+            self.erased.add(bn_node)
+        self.report.units.append(
+            ConvertedConv(node.target, bn_node.target if bn_node else None, in_streams, unit.out_streams)
+        )
+        return node, Streams(unit.out_streams)
+
+    def following_bn(self, node: fx.Node, conv: nn.Conv2d) -> fx.Node | None:
+        """The BatchNorm2d that is the conv's only user, applied once, on the conv output alone."""
+        users = list(node.users)
+        if len(users) != 1 or users[0].op != "call_module" or users[0].args != (node,) or users[0].kwargs:
+            return None
+        bn = self.module(users[0])
+        ok = type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
+        if not ok or bn.num_features != conv.out_channels or self.calls[users[0].target] != 1:
+            return None
+        return users[0]
+
+    def visit_bn(self, node: fx.Node, bn: nn.BatchNorm2d):
+        if not (bn.affine and bn.track_running_stats) or node.kwargs or len(node.args) != 1:
+            return self.visit_other(node, bn)
+        if not isinstance(bn, StreamBatchNorm2d):  # replaced at its own path: same state-dict keys
+            parent, _, name = node.target.rpartition(".")
+            setattr(self.gm.get_submodule(parent), name, StreamBatchNorm2d.from_bn(bn))
+        self.report.guided.append(f"BatchNorm2d {node.target!r} (statistics of the aggregate)")
+        return node, self.st(node.args[0])
+
+    def visit_act(self, node: fx.Node, module):
+        guided = _guided(node, module)
+        if guided is None:
+            return self.visit_other(node, module)
+        self.report.guided.append(self.describe(node))
+        s = self.st(node.args[0])
+        return self.install(node, guided, (node.args[0],)), s
+
+    def visit_gate(self, node: fx.Node, module):
+        self.sum_inputs(node)
+        origin = self.describe(node)
+        self.report.after_sum.append(f"{origin} (gate of the aggregate)")
+        return node, Merged("gate", origin)
+
+    def visit_maxpool(self, node: fx.Node, module):
+        if module is not None:
+            options = [module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode]
+            indices = module.return_indices
+        else:
+            names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+            defaults = (None, None, 0, 1, False)
+            options = [_arg(node, i + 1, n, d) for i, (n, d) in enumerate(zip(names, defaults, strict=True))]
+            indices = _arg(node, 6, "return_indices", False)
+        if indices or not all(_constant(o) for o in options):
+            return self.visit_other(node, module)
+        self.report.guided.append(self.describe(node))
+        s = self.st(node.args[0])
+        return self.install(node, GuidedMaxPool2d(*options), (node.args[0],)), s
+
+    def visit_per_stream(self, node: fx.Node, module):
+        if not isinstance(self.st(node.args[0]), Streams) or any(
+            isinstance(self.st(v), Streams) for v in node.all_input_nodes if v is not node.args[0]
+        ):
+            return self.visit_other(node, module)
+        s = self.st(node.args[0])
+        op = PerStream(module) if module is not None else PerStream(Call(node.target))
+        self.report.stream_ops.append(self.describe(node))
+        return self.install(node, op, node.args, node.kwargs), s
+
+    def global_pool(self, node: fx.Node):
+        self.sum_inputs(node)
+        origin = self.describe(node)
+        self.report.after_sum.append(f"{origin} (global average pool of the aggregate)")
+        return node, Merged(None, origin)
+
+    def visit_adaptive_avg(self, node: fx.Node, module):
+        size = module.output_size if module is not None else _arg(node, 1, "output_size")
+        if _is_global(size):
+            return self.global_pool(node)
+        return self.visit_per_stream(node, module)
+
+    def visit_mean(self, node: fx.Node, module):
+        dims = _arg(node, 1, "dim")
+        dims = {dims} if isinstance(dims, int) else set(dims or ())
+        if len(node.all_input_nodes) == 1 and (dims >= {2, 3} or dims >= {-1, -2}):
+            return self.global_pool(node)
+        return self.visit_other(node, module)
+
+    def visit_add(self, node: fx.Node, module, op: str = "add"):
+        if len(node.args) != 2 or node.kwargs:  # alpha=..., out=...: not handled
+            return self.visit_other(node, module)
+        a, b = node.args
+        self.check_mixable(node, (a, b))
+        sa, sb = (s.count if isinstance(s, Streams) else None for s in (self.st(a), self.st(b)))
+        arith = StreamArith(op, sa, sb, self.config.max_streams)
+        self.report.stream_ops.append(self.describe(node))
+        return self.install(node, arith, (a, b)), Streams(arith.out_streams)
+
+    def visit_sub(self, node: fx.Node, module):
+        return self.visit_add(node, module, "sub")
+
+    def visit_mul(self, node: fx.Node, module, divide: bool = False):
+        if len(node.args) != 2 or node.kwargs:
+            return self.visit_other(node, module)
+        a, b = node.args
+        states = [self.st(a), self.st(b)]
+        streamed = [isinstance(s, Streams) for s in states]
+        if all(streamed) or (divide and not streamed[0]):  # a product of streams is not linear in them
+            return self.visit_other(node, module)
+        other = states[1] if streamed[0] else states[0]
+        if isinstance(other, Merged) and other.restriction == "forced":
+            self.refuse(node, other)
+        self.report.stream_ops.append(self.describe(node))
+        return node, states[0] if streamed[0] else states[1]  # broadcasting a plain factor over the streams
+
+    def visit_div(self, node: fx.Node, module):
+        return self.visit_mul(node, module, divide=True)
+
+    def visit_cat(self, node: fx.Node, module):
+        tensors, dim = node.args[0], _arg(node, 1, "dim", 0)
+        if not isinstance(tensors, tuple | list) or not isinstance(dim, int):
+            return self.visit_other(node, module)
+        self.check_mixable(node, tensors)
+        streams = [self.st(t).count if isinstance(self.st(t), Streams) else None for t in tensors]
+        cat = StreamCat(streams, dim, self.config.max_streams)
+        self.report.stream_ops.append(self.describe(node))
+        return self.install(node, cat, (list(tensors),)), Streams(cat.out_streams)
+
+    def visit_flatten(self, node: fx.Node, module):
+        if module is not None:
+            start, end = module.start_dim, module.end_dim
+        else:
+            start, end = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
+        if not (isinstance(start, int) and isinstance(end, int)) or len(node.all_input_nodes) != 1:
+            return self.visit_other(node, module)
+        self.report.stream_ops.append(self.describe(node))
+        s = self.st(node.args[0])
+        return self.install(node, StreamFlatten(start, end), (node.args[0],)), s
+
+    def visit_reshape(self, node: fx.Node, module):
+        if node.kwargs or any(isinstance(self.st(v), Streams) for v in node.all_input_nodes[1:]):
+            return self.visit_other(node, module)
+        self.report.stream_ops.append(self.describe(node))
+        s = self.st(node.args[0])
+        return self.install(node, StreamReshape(), node.args), s
+
+    def visit_shape(self, node: fx.Node, module):
+        """Shape queries on a stream set answer for one stream (``x[0]``: a free view)."""
+        x = node.args[0]
+        with self.graph.inserting_before(node):
+            first = self.graph.call_function(operator.getitem, (x, 0))
+        node.replace_input_with(x, first)
+        self.state[first] = PLAIN
+        return node, PLAIN
+
+    def visit_dropout(self, node: fx.Node, module):
+        s = self.st(node.args[0])
+        on_streams = isinstance(s, Streams)
+        result = s if on_streams else self.combine(node)
+        if module is not None:
+            if not on_streams:
+                return node, result
+            p, channelwise = module.p, isinstance(module, nn.Dropout2d)
+        else:
+            p, channelwise = _arg(node, 1, "p", 0.5), node.target is F.dropout2d
+            if not _constant(p):
+                return self.visit_other(node, module) if on_streams else (node, result)
+        if on_streams:
+            self.report.stream_ops.append(self.describe(node))
+        return self.install(node, StreamDropout(p, channelwise, on_streams), (node.args[0],)), result
+
+
+def trace(model: nn.Module) -> ConvertedModel:
+    """``model`` traced by fx as a graph module (sharing ``model``'s submodules); raises what fx raises."""
+    tracer = fx.Tracer()
+    graph = tracer.trace(model)
+    return ConvertedModel(tracer.root, graph, f"{type(model).__name__}NS")
+
+
+def rewrite(gm: ConvertedModel, config: UnitConfig, init: str, report: Conversion) -> ConvertedModel:
+    """Make the traced ``gm`` branch-level, in place; ``ValueError`` for what cannot be converted."""
+    gm.nsrep_conversion = report
+    _Rewriter(gm, config, init, report).run()
+    return gm
