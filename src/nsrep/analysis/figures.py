@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,25 +9,9 @@ from typing import Any
 import torch
 
 from nsrep.analysis.similarity import RunningStats
-from nsrep.fileio import atomic_write
+from nsrep.plotting import pyplot, save_png
 
 __all__ = ["block_drop_figure", "branch_similarity_figure", "depth_similarity_figure", "kernel_figure"]
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    _pyplot().close(fig)
-    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 def _short(block: str) -> str:
@@ -39,7 +22,7 @@ def _short(block: str) -> str:
 
 def depth_similarity_figure(stats: Mapping[str, Mapping[tuple[str, str], RunningStats]], path: Path) -> Path:
     """Fig. 5a: per pair of equal-shape blocks, sampled pixel similarities (dots) and their mean (bar)."""
-    plt = _pyplot()
+    plt = pyplot()
     pairs = sorted({pair for st in stats.values() for pair in st}, key=lambda p: (p[0], p[1]))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(pairs) * max(len(stats), 1) + 2), 4.5), constrained_layout=True)
     width = 0.8 / max(len(stats), 1)
@@ -59,13 +42,13 @@ def depth_similarity_figure(stats: Mapping[str, Mapping[tuple[str, str], Running
     ax.set_title("Feature similarity across depths (dots: pixels, bars: mean)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def branch_similarity_figure(points: Sequence[tuple[str, str, str, int, float]], path: Path) -> Path:
     """Fig. 5b: mean similarity between a unit's branches against the number of branches; one line per
     (family, connectivity), colour by connectivity, marker by family."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
     lines: dict[tuple[str, str], list[tuple[int, float, str]]] = {}
     for label, family, connectivity, k, value in points:
@@ -86,13 +69,13 @@ def branch_similarity_figure(points: Sequence[tuple[str, str, str, int, float]],
     ax.set_xticks(sorted({k for *_, k, _ in points}))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def kernel_figure(kernels: Mapping[str, Any], unit: str, path: Path) -> Path:
     """Fig. 6a: one row per model, one column per branch: the branch's folded-space kernel for the channel
     pair where the unit's folded kernel is largest (signed, scaled to max |w| = 1 per model)."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = len(kernels)
     cols = max(pic.signed.shape[0] for pic in kernels.values())
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols + 1.2, 1.9 * rows + 0.9), squeeze=False)
@@ -113,7 +96,7 @@ def kernel_figure(kernels: Mapping[str, Any], unit: str, path: Path) -> Path:
     fig.suptitle(f"Folded-space kernels of the branches of {unit}", fontsize=10)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="weight / max |weight|")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def block_drop_figure(
@@ -121,7 +104,7 @@ def block_drop_figure(
 ) -> Path:
     """Fig. 6b: accuracy lost when each block is skipped, per model; below, for every (branch-level,
     block-level) pair of the same family and K, the branch-level accuracy minus the block-level one (red)."""
-    plt = _pyplot()
+    plt = pyplot()
     blocks = sorted({b for _, accs in drops.values() for b in accs})
     rows = 2 if pairs else 1
     fig, axes = plt.subplots(rows, 1, figsize=(max(6.0, 0.9 * len(blocks) + 3), 3.8 * rows), squeeze=False)
@@ -151,4 +134,4 @@ def block_drop_figure(
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)

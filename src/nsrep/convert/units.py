@@ -46,13 +46,8 @@ def build_unit(
             _padding(conv, name),
             conv.dilation,
             conv.groups,
-            family=config.family,
-            connectivity=config.connectivity,
             in_streams=in_streams,
-            num_branches=config.num_branches,
-            stochastic=config.stochastic,
-            pair_drop=config.pair_drop,
-            max_streams=config.max_streams,
+            **config.to_dict(),
         )
     except ValueError as err:
         raise ValueError(f"cannot convert conv {name!r} ({conv}) into a {config.family!r} unit: {err}") from err

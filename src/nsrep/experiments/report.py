@@ -8,7 +8,6 @@ interval contains 0 is within the noise of these seeds.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import statistics
@@ -20,6 +19,7 @@ from typing import Any
 from nsrep.experiments.sweep import read_results, run_metrics, stored_spec
 from nsrep.fileio import atomic_write
 from nsrep.info import markdown_table
+from nsrep.plotting import pyplot, save_png
 
 __all__ = ["Cell", "Difference", "SweepReport", "build_report", "mean_std", "paired_difference"]
 
@@ -183,22 +183,6 @@ def build_report(
     return SweepReport(markdown, files)
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    _pyplot().close(fig)
-    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
-
-
 def _accuracy_plot(
     by_cell: Mapping[tuple[str, str], Mapping[int, Mapping[str, Any]]],
     rows: Sequence[str],
@@ -207,7 +191,7 @@ def _accuracy_plot(
     path: Path,
 ) -> Path:
     """Mean ± std of top-1 per column (branch count, backbone, ...), one line per method."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(cols) + 3), 4.4), constrained_layout=True)
     for i, row in enumerate(rows):
         xs, means, stds = [], [], []
@@ -223,7 +207,7 @@ def _accuracy_plot(
     ax.set(xlabel=", ".join(col_keys) or "", ylabel="test top-1 (%)", title="Accuracy (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _curves_plot(
@@ -234,7 +218,7 @@ def _curves_plot(
     path: Path,
 ) -> Path:
     """Test top-1 per epoch (mean over seeds), one panel per column, one line per method."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols) + 1, 3.8), squeeze=False, constrained_layout=True)
     for j, col in enumerate(cols):
         ax = axes[0][j]
@@ -249,4 +233,4 @@ def _curves_plot(
         ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=col)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -62,13 +62,8 @@ class LayerFactory:
             padding,
             dilation,
             groups,
-            family=u.family,
-            connectivity=u.connectivity,
             in_streams=streams,
-            num_branches=u.num_branches,
-            stochastic=u.stochastic,
-            pair_drop=u.pair_drop,
-            max_streams=u.max_streams,
+            **u.to_dict(),
         )
 
     def act(self, name: str = "relu") -> nn.Module:

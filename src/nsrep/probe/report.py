@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nsrep.fileio import atomic_write
 from nsrep.info import markdown_table
+from nsrep.plotting import pyplot, save_png
 from nsrep.probe.constants import AVERAGE
 from nsrep.probe.training import ProbeResults, ProbeRun
 
@@ -79,11 +80,7 @@ def probe_notes(results: ProbeResults) -> list[str]:
 
 def plot_probe(results: ProbeResults, path: str | os.PathLike) -> Path:
     """Grouped bar chart (PNG): mean test top-1 per data set and head, error bars one std over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     summary = summarize(results)
     columns = [*results.datasets, AVERAGE]
     width = 0.8 / len(results.heads)
@@ -102,10 +99,7 @@ def plot_probe(results: ProbeResults, path: str | os.PathLike) -> Path:
     ax.set_title(f"Heads on frozen features: mean ± std over {len(results.seeds)} seeds")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.0, 0.5))  # outside: never over a bar
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return save_png(fig, path)
 
 
 def write_probe_outputs(results: ProbeResults, out_dir: str | os.PathLike) -> dict[str, Path]:

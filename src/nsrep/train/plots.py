@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nsrep.fileio import atomic_write
+from nsrep.plotting import pyplot, save_png
 
 __all__ = ["plot_learning_curves"]
 
@@ -17,11 +16,7 @@ def plot_learning_curves(
     runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, *, title: str = "Learning curves"
 ) -> Path:
     """Test top-1 and training loss per epoch, one line per run (``metrics.jsonl`` records), saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for label, records in runs.items():
         epochs = [r["epoch"] for r in records]
@@ -33,7 +28,4 @@ def plot_learning_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
     fig.suptitle(title)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return save_png(fig, path)
