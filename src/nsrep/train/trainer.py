@@ -237,11 +237,30 @@ def _weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start a fresh peak-memory measurement (runs of a sweep share one process)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 resets the resident-set high-water mark VmHWM of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _peak_memory_mib(device: torch.device) -> float:
+    """Peak memory since the last reset: CUDA allocator peak, else the process's resident-set high-water mark."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    # resident set high-water mark of this process (KiB on Linux)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # lifetime peak (KiB on Linux)
 
 
 def _config_conflicts(saved: dict[str, Any], asked: TrainConfig) -> list[str]:
@@ -423,6 +442,7 @@ def _train(
         tqdm.write(f"{describe(data)}; {env.world_size} process(es) on {env.device}", file=sys.stderr)
 
     last_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
+    _reset_peak_memory(env.device)
     for epoch in range(start_epoch, last_epoch):
         sampler.set_epoch(epoch)
         ddp.train()
