@@ -125,6 +125,9 @@ def test_info_command(capsys):
 def test_help_lists_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
+    for command in ("info", "train", "eval", "deploy", "export", "demo", "sweep", "report", "analyze", "probe"):
+        assert f"    {command}" in out
+    assert "95% CIs" in out  # a literal percent sign in a command's summary
     assert "info" in out
     assert "demo" in out
     assert main(["info", "--help"]) == 0

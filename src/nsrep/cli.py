@@ -309,7 +309,8 @@ def _add_command(
     """A subparser for ``command``; its help is the first line of the function's docstring."""
     doc = (command.__doc__ or "").strip()
     summary = doc.splitlines()[0] if doc else ""
-    parser = subparsers.add_parser(name or command.__name__, help=summary, description=doc)
+    # argparse %-formats help strings (not descriptions): "95% CI" in a docstring must not break --help
+    parser = subparsers.add_parser(name or command.__name__, help=summary.replace("%", "%%"), description=doc)
     parser.set_defaults(_command=command)
     return parser
 
