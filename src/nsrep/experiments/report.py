@@ -162,19 +162,18 @@ def build_report(
             runs = list(by_cell.get((row, col), {}).values())
             if not runs:
                 continue
+            place = (row, col) if col_keys else (row,)
             body.append(
                 (
-                    row,
-                    col if col_keys else "",
+                    *place,
                     f"{statistics.fmean(r['epoch_seconds'] for r in runs):.2f}",
                     f"{statistics.fmean(r['peak_memory_mib'] for r in runs):.0f}",
                     f"{runs[0]['train_params']:,}",
                     f"{runs[0]['deploy_params']:,}",
                 )
             )
-    column_name = ", ".join(col_keys)
-    cost_header = ("method", column_name, "s / epoch", "peak MiB", "training params", "deployed params")
-    lines += markdown_table(cost_header, body)
+    place_header = ("method", ", ".join(col_keys)) if col_keys else ("method",)
+    lines += markdown_table((*place_header, "s / epoch", "peak MiB", "training params", "deployed params"), body)
     markdown = "\n".join(lines) + "\n"
     files = [atomic_write(sweep / REPORT_FILE, lambda f: f.write(markdown.encode()))]
     if plots:
