@@ -13,7 +13,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from nsrep.train.config import TrainConfig, apply_overrides, load_recipe
 from nsrep.train.plots import plot_learning_curves
 from nsrep.train.trainer import CHECKPOINT_FILE, DEPLOY_DIR, METRICS_FILE, SUMMARY_FILE, train
 
-__all__ = ["DEMO_VARIANTS", "DemoRow", "deployed_latency_ms", "format_demo_table", "run_demo"]
+__all__ = ["DEMO_VARIANTS", "DemoRow", "deployed_latencies_ms", "format_demo_table", "run_demo"]
 
 # (family, connectivity): the baseline, block-level DBB (as its paper), DBB units with NS, the paper's NS block.
 DEMO_VARIANTS: tuple[tuple[str, str], ...] = (("plain", "block"), ("dbb", "block"), ("dbb", "ns"), ("ns", "ns"))
@@ -44,22 +44,26 @@ class DemoRow:
     train_params: int
     deploy_params: int
     train_seconds: float
-    latency_ms: float  # deployed network, one image, median over repeats
+    latency_ms: float  # deployed network, one image, median over round-robin repeats
 
 
 @torch.inference_mode()
-def deployed_latency_ms(model: torch.nn.Module, input_shape: Sequence[int], *, repeats: int = 200) -> float:
-    """Median wall time (ms) of one forward of ``model`` on a batch of ``input_shape``, after a warm-up."""
-    model.eval()
-    x = torch.randn(*input_shape)
-    for _ in range(50):  # warm-up: allocator, caches, lazy kernel selection
-        model(x)
-    times = []
+def deployed_latencies_ms(
+    models: Sequence[torch.nn.Module], inputs: Sequence[torch.Tensor], *, repeats: int = 300
+) -> list[float]:
+    """Median wall time (ms) of one forward of each model on its input, measured round-robin after a warm-up,
+    so that machine noise (other processes, clock changes) falls on every model alike."""
+    for model, x in zip(models, inputs, strict=True):
+        model.eval()
+        for _ in range(50):  # warm-up: allocator, caches, lazy kernel selection
+            model(x)
+    times: list[list[float]] = [[] for _ in models]
     for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        for i, (model, x) in enumerate(zip(models, inputs, strict=True)):
+            start = time.perf_counter()
+            model(x)
+            times[i].append(time.perf_counter() - start)
+    return [1000 * statistics.median(t) for t in times]
 
 
 def _finished_with(run_dir: Path, config: TrainConfig) -> bool:
@@ -86,7 +90,7 @@ def run_demo(
     out = Path(out_dir)
     base = TrainConfig.from_dict(load_recipe("demo"), source="recipe 'demo'")
     base = apply_overrides(base, overrides or {})
-    rows, curves = [], {}
+    rows, curves, deployed, inputs = [], {}, [], []
     for family, connectivity in variants:
         config = apply_overrides(base, {"family": family, "connectivity": connectivity})
         label = f"{family}-{connectivity}"
@@ -102,7 +106,8 @@ def run_demo(
         curves[label] = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
         deploy_dir = run_dir / DEPLOY_DIR
         meta = read_preprocess(deploy_dir)
-        shape = (1, meta["in_chans"], meta["input_size"], meta["input_size"])
+        deployed.append(load_deployed(deploy_dir))
+        inputs.append(torch.randn(1, meta["in_chans"], meta["input_size"], meta["input_size"]))
         rows.append(
             DemoRow(
                 family=family,
@@ -113,9 +118,11 @@ def run_demo(
                 train_params=summary["train_params"],
                 deploy_params=summary["deploy_params"],
                 train_seconds=summary["train_seconds"],
-                latency_ms=deployed_latency_ms(load_deployed(deploy_dir), shape),
+                latency_ms=float("nan"),  # measured below, all deployed networks together
             )
         )
+    latencies = deployed_latencies_ms(deployed, inputs)
+    rows = [replace(row, latency_ms=ms) for row, ms in zip(rows, latencies, strict=True)]
     plot_learning_curves(curves, out / CURVES_FILE, title=f"nsrep demo: {base.arch} on {base.data}")
     return rows
 
