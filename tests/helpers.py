@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nsrep
-from nsrep.units import set_implementation
+from nsrep.units import reference_copy
 
 F64_TOL = 1e-10
 F32_TOL = 1e-4
@@ -70,13 +70,13 @@ def assert_folds(model: nn.Module, make_input) -> nn.Module:
     model64 = model.double()
     deployed = nsrep.reparameterize(model64)
     x = make_input().double()
-    unfolded64 = set_implementation(copy.deepcopy(model64), "reference")
+    unfolded64 = reference_copy(model64)
     eq = nsrep.verify_equivalence(unfolded64, deployed, x)
     assert eq.max_rel_error <= F64_TOL, f"float64: {eq}"
     eq_fast = nsrep.verify_equivalence(model64, deployed, x)
     assert eq_fast.max_rel_error <= F64_TOL, f"float64, fast eval: {eq_fast}"
 
-    unfolded32 = set_implementation(copy.deepcopy(model64).float(), "reference")
+    unfolded32 = reference_copy(model64).float()
     deployed32 = nsrep.reparameterize(copy.deepcopy(model64).float())
     eq32 = nsrep.verify_equivalence(unfolded32, deployed32, x.float())
     assert eq32.max_rel_error <= F32_TOL, f"float32: {eq32}"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import nsrep
-from nsrep.units import RepConv2d, set_implementation
+from nsrep.units import RepConv2d, reference_copy, set_implementation
 
 GEOMETRIES = [
     (8, 8, 3, 1, None, 1, 1),
@@ -113,7 +113,7 @@ def test_native_merge_runs_small_kernels_at_their_size(monkeypatch):
 
 def test_eval_fold_cache_follows_parameter_and_statistic_updates():
     unit = RepConv2d(8, 8, 3, family="ns", connectivity="ns", in_streams=2).double()
-    ref = set_implementation(copy.deepcopy(unit), "reference")
+    ref = reference_copy(unit)
     x = torch.randn(2, 3, 8, 6, 6, dtype=torch.float64)
 
     def check():
@@ -142,14 +142,14 @@ def test_eval_without_running_stats_falls_back_to_reference():
     unit = RepConv2d(4, 4, 3, family="acnet", connectivity="ns", in_streams=2).eval()
     for branch in unit.branches:
         branch.bn = nn.BatchNorm2d(4, track_running_stats=False)
-    ref = set_implementation(copy.deepcopy(unit), "reference")
+    ref = reference_copy(unit)
     x = torch.randn(2, 3, 4, 5, 5)
     torch.testing.assert_close(unit(x), ref(x))
 
 
 def test_stochastic_training_under_torch_compile():
     unit = RepConv2d(4, 4, 3, family="dbb", connectivity="ns", in_streams=2, pair_drop=0.1).double()
-    ref = set_implementation(copy.deepcopy(unit), "reference")
+    ref = reference_copy(unit)
     compiled = torch.compile(unit, backend="aot_eager")
     x = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64)
     torch.manual_seed(3)
@@ -164,6 +164,6 @@ def test_fast_path_with_affine_free_batch_statistics_bns():
     unit = RepConv2d(4, 4, 3, family="acnet", connectivity="ns", in_streams=2).double()
     for branch in unit.branches:
         branch.bn = nn.BatchNorm2d(4, affine=False, track_running_stats=False).double()
-    ref = set_implementation(copy.deepcopy(unit), "reference")
+    ref = reference_copy(unit)
     x = torch.randn(2, 3, 4, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(_run(unit, x, 0)[0], _run(ref, x, 0)[0], rtol=1e-10, atol=1e-10)

@@ -6,7 +6,6 @@ folds into, and how many sub-network topologies its connectivity can express (pa
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nsrep.models import create_model
 from nsrep.reparam import reparameterize
-from nsrep.units import RepConv2d, set_implementation
+from nsrep.units import RepConv2d, reference_copy
 
 __all__ = [
     "StageStreams",
@@ -80,7 +79,7 @@ def training_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
     Counted on a copy switched to the per-branch reference implementation, so the number does not depend on
     the fast path's merging (whose eval mode runs folded kernels and would report the deployed cost).
     """
-    return count_macs(set_implementation(copy.deepcopy(model), "reference"), input_size, in_chans)
+    return count_macs(reference_copy(model), input_size, in_chans)
 
 
 def unit_branch_counts(model: nn.Module) -> list[int]:
@@ -205,7 +204,7 @@ def model_info(
             f"parameters but create_model(deploy=True) has {count_parameters(plain)}"
         )
     counts = unit_branch_counts(train)
-    reference = set_implementation(copy.deepcopy(train), "reference")  # the per-branch arithmetic
+    reference = reference_copy(train)  # the per-branch arithmetic
     train_macs, streams = _profile(reference, input_size, in_chans)
     return {
         "arch": arch,

@@ -23,7 +23,7 @@ from nsrep.foldable import Foldable
 from nsrep.fused import can_fuse, fused_pair_outputs, interleave_groups, split_groups
 from nsrep.validation import check_choice
 
-__all__ = ["IMPLEMENTATIONS", "RepConv2d", "UnitConfig", "make_deploy_conv", "set_implementation"]
+__all__ = ["IMPLEMENTATIONS", "RepConv2d", "UnitConfig", "make_deploy_conv", "reference_copy", "set_implementation"]
 
 DEFAULT_MAX_STREAMS = 64
 # "fast": conv branches merged into one conv call + one BN per kernel shape, sequential branches composed
@@ -311,6 +311,14 @@ class RepConv2d(Foldable):
             f"padding={g.padding}, dilation={g.dilation}, groups={g.groups}, family={self.config.family!r}, "
             f"connectivity={self.connectivity!r}, streams={self.in_streams}->{self.out_streams}"
         )
+
+
+def reference_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose units run every branch on its own (the per-branch "reference" path).
+
+    The fast eval path applies folded kernels itself, so checks of folding compare against this copy.
+    """
+    return set_implementation(copy.deepcopy(model), "reference")
 
 
 def set_implementation(model: nn.Module, implementation: str) -> nn.Module:

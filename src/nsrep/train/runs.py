@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from nsrep.train.augment import build_transform
 from nsrep.train.checkpoint import load_checkpoint
 from nsrep.train.data import ImageData, load_data
 from nsrep.train.trainer import EvalResult, evaluate
-from nsrep.units import set_implementation
+from nsrep.units import reference_copy
 
 __all__ = ["RunEvaluation", "deploy_checkpoint", "evaluate_path", "model_from_checkpoint"]
 
@@ -113,6 +112,6 @@ def deploy_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike) -> tu
     meta = state.get("data", {})
     size, chans = int(meta.get("input_size", 32)), int(meta.get("in_chans", 3))
     example = torch.randn(8, chans, size, size, generator=torch.Generator().manual_seed(0))
-    equivalence = verify_equivalence(set_implementation(copy.deepcopy(model), "reference"), deployed, example)
+    equivalence = verify_equivalence(reference_copy(model), deployed, example)
     out = save_deployed(deployed, out_dir, preprocess=meta or None)
     return out, equivalence

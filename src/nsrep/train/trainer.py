@@ -7,7 +7,6 @@ deployed forms) and ``deploy/`` (safetensors weights and the JSON that rebuilds 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -40,7 +39,7 @@ from nsrep.train.augment import BatchTransform, build_transform
 from nsrep.train.checkpoint import load_checkpoint, save_checkpoint
 from nsrep.train.config import EXECUTION_FIELDS, TrainConfig
 from nsrep.train.data import ImageData, describe, load_data
-from nsrep.units import set_implementation
+from nsrep.units import reference_copy
 
 __all__ = ["EvalResult", "TrainResult", "evaluate", "lr_factor", "param_groups", "stored_config", "train"]
 
@@ -576,7 +575,7 @@ def _finish(
     # the default eval path applies per-branch folded kernels; the per-branch reference path checks the fold
     # against the computation that training differentiates, on the first test images
     images, _ = next(iter(test_loader))
-    reference = set_implementation(copy.deepcopy(model), "reference")
+    reference = reference_copy(model)
     result.fold_check = verify_equivalence(reference, deployed, eval_tf(images[:64].to(env.device))).max_rel_error
     result.deployed = deployed.cpu()
     result.deployed_digests = distributed.all_gather_objects(_weights_digest(result.deployed), env)
