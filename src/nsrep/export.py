@@ -22,7 +22,7 @@ from torch import nn
 
 from nsrep.fileio import atomic_write
 from nsrep.models import create_model
-from nsrep.reparam import unwrap_model
+from nsrep.reparam import compare_outputs, unwrap_model
 
 __all__ = [
     "CONFIG_FILE",
@@ -141,7 +141,7 @@ def export_onnx(
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     check = _example_input(model_dir, batch_size + 1)  # a different batch size exercises the dynamic axis
     ort_out = torch.from_numpy(session.run(None, {"images": check.numpy()})[0])
-    error = _relative_error(model(check), ort_out)
+    error = compare_outputs(model(check), ort_out).max_rel_error
     if error > 1e-4:
         raise ValueError(f"ONNX output differs from PyTorch by {error:.2e} (relative), more than 1e-4")
     return out, error
@@ -159,7 +159,7 @@ def export_torchscript(model_dir: str | os.PathLike, path: str | os.PathLike | N
         atomic_write(out, lambda f: torch.jit.save(traced, f))
         loaded = torch.jit.load(str(out))
     check = _example_input(model_dir, 3)
-    error = _relative_error(model(check), loaded(check))
+    error = compare_outputs(model(check), loaded(check)).max_rel_error
     if error > 1e-5:
         raise ValueError(f"TorchScript output differs from eager PyTorch by {error:.2e} (relative)")
     return out, error
@@ -179,9 +179,3 @@ def _quiet() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
-
-def _relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
-    diff = (reference.double() - other.double()).abs().max().item()
-    scale = reference.double().abs().max().item()
-    return diff / scale if scale > 0 else diff

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from nsrep.foldable import Foldable
 
-__all__ = ["Equivalence", "reparameterize", "unwrap_model", "verify_equivalence"]
+__all__ = ["Equivalence", "compare_outputs", "reparameterize", "unwrap_model", "verify_equivalence"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -77,8 +77,13 @@ def verify_equivalence(train_form: nn.Module, deploy_form: nn.Module, inputs: Te
     finally:
         for m, was_training in modes:
             m.train(was_training)
-    if reference.shape != deployed.shape:
-        raise ValueError(f"outputs differ in shape: {tuple(reference.shape)} vs {tuple(deployed.shape)}")
-    diff = (reference.double() - deployed.double()).abs().max().item()
+    return compare_outputs(reference, deployed)
+
+
+def compare_outputs(reference: Tensor, other: Tensor) -> Equivalence:
+    """Max |other - reference| and that over max |reference| (in float64), for outputs of one shape."""
+    if reference.shape != other.shape:
+        raise ValueError(f"outputs differ in shape: {tuple(reference.shape)} vs {tuple(other.shape)}")
+    diff = (reference.double() - other.double()).abs().max().item()
     scale = reference.double().abs().max().item()
     return Equivalence(diff, diff / scale if scale > 0 else diff)
