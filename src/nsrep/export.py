@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nsrep.fileio import atomic_write
+from nsrep.fileio import atomic_write, write_json
 from nsrep.models import create_model
 from nsrep.reparam import compare_outputs, unwrap_model
 
@@ -47,10 +47,6 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"
 _TRAINING_ONLY = ("deploy",)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
-
-
 def save_deployed(model: nn.Module, out_dir: str | os.PathLike, *, preprocess: dict[str, Any] | None = None) -> Path:
     """Save a deployed (reparameterized) nsrep model as safetensors + ``config.json`` (+ ``preprocess.json``).
 
@@ -66,9 +62,9 @@ def save_deployed(model: nn.Module, out_dir: str | os.PathLike, *, preprocess: d
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out / WEIGHTS_FILE, lambda f: f.write(save(tensors, metadata={"producer": "nsrep"})))
-    _write_json(out / CONFIG_FILE, {k: v for k, v in config.items() if k not in _TRAINING_ONLY})
+    write_json(out / CONFIG_FILE, {k: v for k, v in config.items() if k not in _TRAINING_ONLY})
     if preprocess is not None:
-        _write_json(out / PREPROCESS_FILE, preprocess)
+        write_json(out / PREPROCESS_FILE, preprocess)
     return out
 
 

@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_json"]
 
 _TMP_MARK = ".tmp-"
 
@@ -60,3 +61,8 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """``data`` as indented JSON, written atomically."""
+    return atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from nsrep.experiments.spec import RunPlan, SweepSpec, load_spec
 from nsrep.fileio import atomic_write
-from nsrep.train.trainer import CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE, train
+from nsrep.train.trainer import CHECKPOINT_FILE, SUMMARY_FILE, read_metrics, train
 
 __all__ = [
     "RESULT_FIELDS",
@@ -147,7 +147,7 @@ def run_sweep(
 
 def _result_row(plan: RunPlan, run_dir: Path) -> dict[str, Any]:
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    metrics = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    metrics = read_metrics(run_dir)
     return {
         "run": plan.name,
         **{k: _cell(v) for k, v in plan.values.items()},
@@ -199,8 +199,7 @@ def _parse(text: str) -> Any:
 
 def run_metrics(sweep_dir: str | os.PathLike, run: str) -> list[dict[str, Any]]:
     """The per-epoch metrics of one run of a sweep."""
-    path = Path(sweep_dir) / RUNS_DIR / run / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return read_metrics(Path(sweep_dir) / RUNS_DIR / run)
 
 
 def stored_spec(sweep_dir: str | os.PathLike) -> SweepSpec:

@@ -23,7 +23,7 @@ from nsrep.export import load_deployed, read_preprocess
 from nsrep.info import markdown_table
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe
 from nsrep.train.plots import plot_learning_curves
-from nsrep.train.trainer import CHECKPOINT_FILE, DEPLOY_DIR, METRICS_FILE, SUMMARY_FILE, train
+from nsrep.train.trainer import CHECKPOINT_FILE, DEPLOY_DIR, SUMMARY_FILE, read_metrics, train
 
 __all__ = ["DEMO_VARIANTS", "DemoRow", "deployed_latencies_ms", "format_demo_table", "run_demo"]
 
@@ -103,7 +103,7 @@ def run_demo(
             print(f"{label}: training in {run_dir}", flush=True)
             train(config, run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file())
         summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-        curves[label] = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+        curves[label] = read_metrics(run_dir)
         deploy_dir = run_dir / DEPLOY_DIR
         meta = read_preprocess(deploy_dir)
         deployed.append(load_deployed(deploy_dir))

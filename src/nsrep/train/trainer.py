@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from nsrep.export import save_deployed
-from nsrep.fileio import atomic_write
+from nsrep.fileio import atomic_write, write_json
 from nsrep.info import count_parameters
 from nsrep.models import create_model
 from nsrep.reparam import reparameterize, unwrap_model, verify_equivalence
@@ -41,7 +41,16 @@ from nsrep.train.config import EXECUTION_FIELDS, TrainConfig
 from nsrep.train.data import ImageData, describe, load_data
 from nsrep.units import reference_copy
 
-__all__ = ["EvalResult", "TrainResult", "evaluate", "lr_factor", "param_groups", "stored_config", "train"]
+__all__ = [
+    "EvalResult",
+    "TrainResult",
+    "evaluate",
+    "lr_factor",
+    "param_groups",
+    "read_metrics",
+    "stored_config",
+    "train",
+]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -297,6 +306,11 @@ def stored_config(run_dir: str | Path) -> TrainConfig:
     """The configuration a run folder's checkpoint was trained with."""
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
     return TrainConfig.from_dict(state["config"], source=f"checkpoint in {str(run_dir)!r}")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run folder's ``metrics.jsonl``."""
+    return [json.loads(line) for line in (Path(run_dir) / METRICS_FILE).read_text().splitlines()]
 
 
 def _write_metrics(run_dir: Path, metrics: list[dict[str, Any]]) -> None:
@@ -595,5 +609,5 @@ def _finish(
             "world_size": env.world_size,
             "deployed_sha256_per_rank": result.deployed_digests,
         }
-        atomic_write(result.run_dir / SUMMARY_FILE, lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
+        write_json(result.run_dir / SUMMARY_FILE, summary)
     return result
