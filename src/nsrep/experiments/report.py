@@ -20,67 +20,11 @@ from nsrep.experiments.sweep import read_results, run_metrics, stored_spec
 from nsrep.fileio import atomic_write
 from nsrep.info import markdown_table
 from nsrep.plotting import pyplot, save_png
+from nsrep.stats import Cell, Difference, mean_std, paired_difference
 
 __all__ = ["Cell", "Difference", "SweepReport", "build_report", "mean_std", "paired_difference"]
 
 REPORT_FILE = "report.md"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """Mean and sample standard deviation of ``n`` values (std is nan for one value)."""
-
-    mean: float
-    std: float
-    n: int
-
-    def __str__(self) -> str:
-        spread = f" ± {self.std:.2f}" if not math.isnan(self.std) else ""
-        return f"{self.mean:.2f}{spread} (n={self.n})"
-
-
-@dataclass(frozen=True)
-class Difference:
-    """Mean paired difference and its 95% confidence interval over ``n`` seeds (nan bounds for n < 2)."""
-
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    @property
-    def significant(self) -> bool:
-        """The interval excludes 0 (a difference beyond the noise of these seeds)."""
-        return not math.isnan(self.low) and (self.low > 0 or self.high < 0)
-
-    def __str__(self) -> str:
-        if math.isnan(self.low):
-            return f"{self.mean:+.2f} (n={self.n}, no interval)"
-        mark = " *" if self.significant else ""
-        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}] (n={self.n}){mark}"
-
-
-def mean_std(values: Sequence[float]) -> Cell:
-    """:class:`Cell` of ``values``."""
-    if not values:
-        raise ValueError("mean_std needs at least one value")
-    std = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return Cell(statistics.fmean(values), std, len(values))
-
-
-def paired_difference(values: Mapping[int, float], reference: Mapping[int, float]) -> Difference:
-    """``values - reference`` paired by seed (seeds present in both), with a 95% t interval."""
-    seeds = sorted(set(values) & set(reference))
-    if not seeds:
-        raise ValueError("no seed is shared with the reference row; cannot pair the runs")
-    diffs = [values[s] - reference[s] for s in seeds]
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return Difference(mean, float("nan"), float("nan"), 1)
-    from scipy.stats import t
-
-    half = t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return Difference(mean, mean - half, mean + half, len(diffs))
 
 
 def _label(row: Mapping[str, Any], keys: Sequence[str], default: str) -> str:

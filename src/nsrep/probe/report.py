@@ -7,8 +7,7 @@ import io
 import math
 import os
 import statistics
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from nsrep.fileio import atomic_write
@@ -16,25 +15,10 @@ from nsrep.info import markdown_table
 from nsrep.plotting import pyplot, save_png
 from nsrep.probe.constants import AVERAGE
 from nsrep.probe.training import ProbeResults, ProbeRun
+from nsrep.stats import Cell, mean_std
 
-
-@dataclass(frozen=True)
-class Summary:
-    """Mean and sample standard deviation (n-1) of a cell over seeds; std is NaN for one seed."""
-
-    mean: float
-    std: float
-    n: int
-
-    def __str__(self) -> str:
-        if self.n < 2:
-            return f"{self.mean:.2f} (n={self.n})"
-        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.n})"
-
-
-def _summary(values: Sequence[float]) -> Summary:
-    std = statistics.stdev(values) if len(values) > 1 else math.nan
-    return Summary(statistics.fmean(values), std, len(values))
+# a table cell of the probe: the same mean ± sample std (n) as the sweep report's cells
+Summary = Cell
 
 
 def summarize(results: ProbeResults) -> dict[str, dict[str, Summary]]:
@@ -46,9 +30,9 @@ def summarize(results: ProbeResults) -> dict[str, dict[str, Summary]]:
     table: dict[str, dict[str, Summary]] = {}
     for head in results.heads:
         acc = {(r.dataset, r.seed): r.deployed_top1 for r in results.runs if r.head == head}
-        row = {d: _summary([acc[d, s] for s in results.seeds]) for d in results.datasets}
+        row = {d: mean_std([acc[d, s] for s in results.seeds]) for d in results.datasets}
         per_seed = [statistics.fmean(acc[d, s] for d in results.datasets) for s in results.seeds]
-        row[AVERAGE] = _summary(per_seed)
+        row[AVERAGE] = mean_std(per_seed)
         table[head] = row
     return table
 
