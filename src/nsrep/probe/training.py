@@ -16,9 +16,10 @@ from torch import Tensor, nn
 
 from nsrep.heads import HEADS, create_head
 from nsrep.linear import RepLinear
-from nsrep.probe.constants import DEFAULT_HEADS, DEVICES
+from nsrep.probe.constants import DEFAULT_HEADS
 from nsrep.probe.features import FeatureSet, load_features
 from nsrep.reparam import reparameterize
+from nsrep.train.distributed import pick_device
 from nsrep.validation import check_choice
 
 
@@ -209,9 +210,4 @@ def run_probe(
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda`` as a ``torch.device``; refuses CUDA where there is none."""
-    if isinstance(device, torch.device):
-        return device
-    check_choice("device", device, DEVICES)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available; valid here: auto, cpu")
-    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    return device if isinstance(device, torch.device) else pick_device(device)

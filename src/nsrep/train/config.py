@@ -22,6 +22,7 @@ from nsrep.connectivity import CONNECTIVITIES
 from nsrep.families import FAMILIES, resolve_num_branches
 from nsrep.models import list_models
 from nsrep.models.common import MEMORY_MODES, STEMS
+from nsrep.train.distributed import DEVICES
 from nsrep.validation import check_choice
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
 
 RECIPE_DIR = Path(__file__).with_name("recipes")
 SCHEDULES = ("cosine", "step", "constant")
-DEVICES = ("auto", "cpu", "cuda")
 AUTO_OR_BOOL = ("auto", True, False)
 # Fields that only change how a run executes, not what it computes: a resumed run may change them.
 EXECUTION_FIELDS = frozenset({"workers", "log_every", "progress"})

@@ -16,7 +16,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistEnv", "all_gather_objects", "average_buffers", "cleanup", "setup", "sum_tensor"]
+from nsrep.validation import check_choice
+
+__all__ = [
+    "DEVICES",
+    "DistEnv",
+    "all_gather_objects",
+    "average_buffers",
+    "cleanup",
+    "pick_device",
+    "setup",
+    "sum_tensor",
+]
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -37,7 +50,9 @@ class DistEnv:
         return self.world_size > 1
 
 
-def _pick_device(preference: str, local_rank: int) -> torch.device:
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``, as this process's device; refuses absent CUDA."""
+    check_choice("device", preference, DEVICES)
     if preference == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but CUDA is not available; valid here: auto, cpu")
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
@@ -50,7 +65,7 @@ def setup(device: str = "auto") -> DistEnv:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():

@@ -84,7 +84,7 @@ def evaluate_path(
     size = meta.get("input_size")
     if size is not None and images.image_size != size:  # image folders and synthetic data take any size
         images = load_data(source, image_size=size)
-    env = distributed.setup(device)
+    env = distributed.DistEnv(device=distributed.pick_device(device))  # one process: no process group to join
     transform = build_transform(
         images.augment, train=False, image_size=images.image_size, mean=images.mean, std=images.std
     )
