@@ -36,10 +36,8 @@ from nsrep.fileio import atomic_write
 from nsrep.info import scientific, topologies_block, topologies_branch, unit_branch_counts
 from nsrep.reparam import reparameterize
 from nsrep.streams import aggregate
-from nsrep.train.augment import build_transform
 from nsrep.train.checkpoint import load_checkpoint
-from nsrep.train.data import load_data
-from nsrep.train.runs import model_from_checkpoint
+from nsrep.train.runs import eval_split, model_from_checkpoint
 from nsrep.units import RepConv2d
 
 __all__ = [
@@ -307,14 +305,7 @@ def analyze(
         raise ValueError("the checkpoints do not record their data; pass --data")
     if data is None and len(metas) > 1:
         raise ValueError(f"the checkpoints were trained on different data ({sorted(map(str, metas))}); pass --data")
-    images = load_data(source)
-    size = models[0].data_meta.get("input_size")
-    if size is not None and size != images.image_size:
-        images = load_data(source, image_size=size)
-    transform = build_transform(
-        images.augment, train=False, image_size=images.image_size, mean=images.mean, std=images.std
-    )
-    loader = DataLoader(images.test, batch_size=batch_size, shuffle=False)
+    images, transform, loader = eval_split(source, models[0].data_meta, batch_size=batch_size, run=str(checkpoints[0]))
     batches = _take_batches(loader, transform, max_images)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

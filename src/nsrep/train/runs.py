@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,13 @@ from nsrep.info import count_parameters
 from nsrep.models import create_model
 from nsrep.reparam import Equivalence, reparameterize, verify_equivalence
 from nsrep.train import distributed
-from nsrep.train.augment import build_transform
+from nsrep.train.augment import BatchTransform, build_transform
 from nsrep.train.checkpoint import load_checkpoint
 from nsrep.train.data import ImageData, load_data
 from nsrep.train.trainer import EvalResult, evaluate
 from nsrep.units import reference_copy
 
-__all__ = ["RunEvaluation", "deploy_checkpoint", "evaluate_path", "model_from_checkpoint"]
+__all__ = ["RunEvaluation", "deploy_checkpoint", "eval_split", "evaluate_path", "model_from_checkpoint"]
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> nn.Module:
@@ -50,7 +51,7 @@ class RunEvaluation:
     deploy_params: int
 
 
-def _check_data_fits(data: ImageData, meta: dict[str, Any], source: str) -> None:
+def _check_data_fits(data: ImageData, meta: Mapping[str, Any], source: str) -> None:
     for key, have in (("num_classes", data.num_classes), ("in_chans", data.in_chans)):
         want = meta.get(key)
         if want is not None and want != have:
@@ -58,6 +59,25 @@ def _check_data_fits(data: ImageData, meta: dict[str, Any], source: str) -> None
                 f"{source} was trained with {key}={want} ({meta.get('data', 'its data')}), "
                 f"but the data {data.name!r} has {key}={have}"
             )
+
+
+def eval_split(
+    source: str, meta: Mapping[str, Any], *, batch_size: int, run: str
+) -> tuple[ImageData, BatchTransform, DataLoader]:
+    """The test split of ``source`` at the run's input size, with its eval transform and loader.
+
+    ``meta`` is what the run recorded of its data (``preprocess.json``); data whose classes or channels do
+    not fit the run is refused, naming ``run``.
+    """
+    images = load_data(source)
+    _check_data_fits(images, meta, run)
+    size = meta.get("input_size")
+    if size is not None and images.image_size != size:  # image folders and synthetic data take any size
+        images = load_data(source, image_size=size)
+    transform = build_transform(
+        images.augment, train=False, image_size=images.image_size, mean=images.mean, std=images.std
+    )
+    return images, transform, DataLoader(images.test, batch_size=batch_size, shuffle=False)
 
 
 def evaluate_path(
@@ -79,16 +99,8 @@ def evaluate_path(
     source = data if data is not None else meta.get("data")
     if source is None:
         raise ValueError(f"{str(path)!r} does not record its data; pass --data")
-    images = load_data(source)
-    _check_data_fits(images, meta, str(path))
-    size = meta.get("input_size")
-    if size is not None and images.image_size != size:  # image folders and synthetic data take any size
-        images = load_data(source, image_size=size)
+    _, transform, loader = eval_split(source, meta, batch_size=batch_size, run=str(path))
     env = distributed.DistEnv(device=distributed.pick_device(device))  # one process: no process group to join
-    transform = build_transform(
-        images.augment, train=False, image_size=images.image_size, mean=images.mean, std=images.std
-    )
-    loader = DataLoader(images.test, batch_size=batch_size, shuffle=False)
     models = [m.to(env.device) for m in (train_form, deployed) if m is not None]
     results, diff = evaluate(models, loader, transform, env)
     return RunEvaluation(
