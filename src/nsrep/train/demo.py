@@ -21,6 +21,7 @@ import torch
 
 from nsrep.export import load_deployed, read_preprocess
 from nsrep.info import markdown_table
+from nsrep.train.checkpoint import load_checkpoint
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe
 from nsrep.train.plots import plot_learning_curves
 from nsrep.train.trainer import CHECKPOINT_FILE, DEPLOY_DIR, SUMMARY_FILE, read_metrics, train
@@ -71,8 +72,6 @@ def _finished_with(run_dir: Path, config: TrainConfig) -> bool:
     checkpoint = run_dir / CHECKPOINT_FILE
     if not (summary.is_file() and checkpoint.is_file()):
         return False
-    from nsrep.train.checkpoint import load_checkpoint
-
     return load_checkpoint(checkpoint)["config"] == config.to_dict()
 
 
