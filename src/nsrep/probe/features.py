@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from nsrep.fileio import atomic_write
-from nsrep.probe.constants import REQUIRED_KEYS, SKLEARN_DATASETS, SKLEARN_SPLIT_SEED, SKLEARN_TEST_FRACTION
+from nsrep.probe.constants import REQUIRED_KEYS, SKLEARN_DATASETS
+from nsrep.train.data import stratified_split
 from nsrep.validation import check_choice
 
 
@@ -163,14 +164,10 @@ def sklearn_features(name: str) -> FeatureSet:
     check_choice("scikit-learn data set", name, SKLEARN_DATASETS)
     try:
         from sklearn import datasets
-        from sklearn.model_selection import train_test_split
     except ImportError as error:
         raise ValueError("the scikit-learn data sets need scikit-learn (pip install scikit-learn)") from error
     bunch = getattr(datasets, f"load_{name}")()
     x, y = bunch.data.astype(np.float32), bunch.target.astype(np.int64)
-    train, test = train_test_split(
-        np.arange(len(y)), test_size=SKLEARN_TEST_FRACTION, random_state=SKLEARN_SPLIT_SEED, stratify=y
-    )
-    train, test = np.sort(train), np.sort(test)
+    train, test = stratified_split(y)
     arrays = {"train_x": x[train], "train_y": y[train], "test_x": x[test], "test_y": y[test]}
     return validate_features(arrays, source=f"sklearn {name}", name=name, num_classes=int(y.max()) + 1)

@@ -35,6 +35,7 @@ __all__ = [
     "TensorImageDataset",
     "describe",
     "load_data",
+    "stratified_split",
 ]
 
 DATA_SOURCES = ("digits", "synthetic", "a CIFAR-10/100 python folder", "an ImageNet-style folder")
@@ -409,6 +410,19 @@ def _scan(folder: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
 # ---------------------------------------------------------------------------------------------------- digits, synthetic
 
 
+def stratified_split(targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices of scikit-learn's bundled data: 80/20, stratified, ``random_state=0``, each
+    in the original order (the digits images here and the feature files of ``nsrep probe`` share it)."""
+    try:
+        from sklearn.model_selection import train_test_split
+    except ImportError as error:
+        raise ValueError("the scikit-learn data sets need scikit-learn (pip install scikit-learn)") from error
+    train, test = train_test_split(
+        np.arange(len(targets)), test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=targets
+    )
+    return np.sort(train), np.sort(test)
+
+
 def _load_digits() -> ImageData:
     """scikit-learn's bundled 8x8 digits (no download), split 80/20 stratified with ``random_state=0``.
 
@@ -416,17 +430,13 @@ def _load_digits() -> ImageData:
     """
     try:
         from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
     except ImportError as error:
         raise ValueError("the 'digits' data set needs scikit-learn (pip install scikit-learn)") from error
     bunch = load_digits()
     values, targets = bunch.images, bunch.target  # (1797, 8, 8) float 0..16, (1797,) int
     images = torch.from_numpy(np.floor(values * 255 / 16 + 0.5).astype(np.uint8)).unsqueeze(1)  # (N, 1, 8, 8)
     labels = torch.from_numpy(targets.astype(np.int64))
-    train_index, test_index = train_test_split(
-        np.arange(len(targets)), test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=targets
-    )
-    train_index, test_index = torch.from_numpy(np.sort(train_index)), torch.from_numpy(np.sort(test_index))
+    train_index, test_index = (torch.from_numpy(i) for i in stratified_split(targets))
     train = TensorImageDataset(images[train_index], labels[train_index])
     test = TensorImageDataset(images[test_index], labels[test_index])
     class_names = tuple(str(d) for d in range(10))
