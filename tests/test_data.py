@@ -234,8 +234,10 @@ def test_image_folder_errors(tmp_path):
     for path in sorted((root / "val").rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     (root / "val").rmdir()
-    with pytest.raises(ValueError, match=r"no val/ folder"):
-        load_data(root)
+    with pytest.raises(ValueError, match=r"cannot draw 0.1 of 9 images stratified over 3 classes"):
+        load_data(root)  # without val/ a share of train/ is held out, and 10% of 9 leaves a class without images
+    with pytest.raises(ValueError, match=r"val_fraction must be a number in \(0, 1\), got 1.5"):
+        load_data(root, val_fraction=1.5)
 
     root = write_image_folder(tmp_path / "empty")
     (root / "train" / "bee").mkdir()
@@ -469,3 +471,112 @@ def test_transform_matches_data():
     images, _ = next(iter(DataLoader(data.train, batch_size=8)))
     out = build_transform(data.augment, train=True, image_size=data.image_size, mean=data.mean, std=data.std)(images)
     assert out.shape == (8, 3, 16, 16)
+
+
+# ---------------------------------------------------------------------------------------- held-out split, cache
+
+
+def write_class_folders(root, classes=("bird", "cat", "dog"), per_class=10, size=8):
+    """CLASS/*.jpg of small noisy images (a CIFAR-style train/ folder), distinct pixels per file."""
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def _names(dataset) -> list[str]:
+    return [f"{p.parent.name}/{p.name}" for p, _ in dataset.samples]
+
+
+def test_folder_without_val_gets_a_stratified_seeded_disjoint_split(tmp_path):
+    write_class_folders(tmp_path / "images" / "train")
+    for source in (tmp_path / "images", tmp_path / "images" / "train"):  # train/ alone, or the class folders
+        data = load_data(source, image_size=8, val_fraction=0.2, split_seed=3)
+        train, test = _names(data.train), _names(data.test)
+        assert data.held_out and (data.val_fraction, data.split_seed) == (0.2, 3)
+        assert len(train) == 24 and len(test) == 6 and not set(train) & set(test)
+        assert sorted(train + test) == sorted(f"{c}/{i:04d}.jpg" for c in ("bird", "cat", "dog") for i in range(10))
+        assert np.bincount(data.test.targets()).tolist() == [2, 2, 2]  # stratified: 20% of each class
+        again = load_data(source, image_size=8, val_fraction=0.2, split_seed=3)
+        assert _names(again.test) == test  # same seed, same images
+        assert "held-out validation (val_fraction 0.2, seed 3)" in describe(data)
+    other = load_data(tmp_path / "images", image_size=8, val_fraction=0.2, split_seed=4)
+    assert _names(other.test) != test and len(other.test) == 6
+    assert not load_data(write_image_folder(tmp_path / "both"), image_size=16).held_out  # val/ is kept as given
+
+
+def test_train_subset_is_stratified_and_leaves_the_test_split_alone(tmp_path):
+    write_class_folders(tmp_path / "train")
+    full = load_data(tmp_path, image_size=8, val_fraction=0.2)
+    data = load_data(tmp_path, image_size=8, val_fraction=0.2, train_subset=12)
+    assert np.bincount(data.train.targets()).tolist() == [4, 4, 4]
+    assert set(_names(data.train)) <= set(_names(full.train)) and _names(data.test) == _names(full.test)
+    image, _ = data.train[0]
+    assert torch.equal(image, full.train[_names(full.train).index(_names(data.train)[0])][0])
+    with pytest.raises(ValueError, match=r"train_subset must be an int from 3 .* to the 24 training images.*got 99"):
+        load_data(tmp_path, image_size=8, val_fraction=0.2, train_subset=99)
+
+
+def test_small_images_are_decoded_once_into_a_cache_equal_to_decoding(tmp_path):
+    from nsrep.train.data import CachedImageFolder, ImageFolderDataset
+    from nsrep.train.imagecache import CACHE_DIR
+
+    root = write_class_folders(tmp_path / "train", per_class=6)
+    data = load_data(tmp_path, image_size=8, train_item_size=8, val_fraction=0.5)
+    assert isinstance(data.train, CachedImageFolder) and data.augment == "pad-crop"
+    plain = load_data(tmp_path, image_size=8, train_item_size=8, val_fraction=0.5, cache=False)
+    assert type(plain.train) is ImageFolderDataset
+    for cached, decoded in ((data.train, plain.train), (data.test, plain.test)):
+        assert _names(cached) == _names(decoded)
+        for i in range(len(decoded)):
+            assert torch.equal(cached[i][0], decoded[i][0]) and cached[i][1] == decoded[i][1]
+    files = sorted((tmp_path / CACHE_DIR).glob("*.safetensors"))
+    assert len(files) == 2  # one per split
+
+    stamp = {f: f.stat().st_mtime_ns for f in files}
+    again = load_data(tmp_path, image_size=8, train_item_size=8, val_fraction=0.5)  # read back, not re-decoded
+    assert sorted((tmp_path / CACHE_DIR).glob("*.safetensors")) == files
+    assert all(f.stat().st_mtime_ns == stamp[f] for f in files)
+    assert torch.equal(again.train.images, data.train.images)
+
+    # a changed folder (one image replaced by another picture) selects a new cache, with the new pixels
+    victim = data.train.samples[0][0]
+    Image.fromarray(np.full((8, 8, 3), 77, dtype=np.uint8)).save(victim, quality=90)
+    changed = load_data(tmp_path, image_size=8, train_item_size=8, val_fraction=0.5)
+    assert len(list((tmp_path / CACHE_DIR).glob("*.safetensors"))) == 3
+    assert torch.equal(changed.train[0][0], torch.from_numpy(plain.train.decode(victim)).permute(2, 0, 1))
+    assert not torch.equal(changed.train[0][0], data.train[0][0])
+    (root / "cat" / "0000.jpg").unlink()  # a removed file changes the listing: another cache again
+    fewer = load_data(tmp_path, image_size=8, train_item_size=8, val_fraction=0.5)
+    assert len(fewer.train) + len(fewer.test) == 17
+
+
+def test_cache_that_cannot_be_written_stays_in_memory(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from nsrep.train import imagecache
+    from nsrep.train.data import CachedImageFolder
+
+    def read_only(path, write):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    write_class_folders(tmp_path / "train", per_class=4)
+    monkeypatch.setattr(imagecache, "atomic_write", read_only)
+    data = load_data(tmp_path, image_size=8, val_fraction=0.25)
+    assert isinstance(data.train, CachedImageFolder) and "kept in memory only" in capsys.readouterr().err
+    assert not (tmp_path / imagecache.CACHE_DIR).exists() or not any((tmp_path / imagecache.CACHE_DIR).iterdir())
+
+
+def test_damaged_cache_file_is_rebuilt(tmp_path, capsys):
+    from nsrep.train.imagecache import CACHE_DIR
+
+    write_class_folders(tmp_path / "train", per_class=4)
+    first = load_data(tmp_path, image_size=8, val_fraction=0.25)
+    for f in (tmp_path / CACHE_DIR).glob("*.safetensors"):
+        f.write_bytes(b"not a cache")
+    second = load_data(tmp_path, image_size=8, val_fraction=0.25)
+    assert "ignoring unreadable image cache" in capsys.readouterr().err
+    assert torch.equal(first.train.images, second.train.images)

@@ -44,7 +44,7 @@ PREPROCESS_FILE = "preprocess.json"
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
 # keys of nsrep_config that describe the training form only; the deploy config leaves them out
-_TRAINING_ONLY = ("deploy",)
+_TRAINING_ONLY = ("deploy", "bn_init")
 
 
 def save_deployed(model: nn.Module, out_dir: str | os.PathLike, *, preprocess: dict[str, Any] | None = None) -> Path:

@@ -91,10 +91,12 @@ class SweepSpec:
             self.fixed,
             source=f"sweep {self.name!r} set",
         )
-        configs = [  # all validated first: a typo in any combination fails before anything else
+        # Seed-major: a sweep stopped part-way (or a shard) holds whole seeds of every method, so paired
+        # comparisons can be made from what finished. All validated first: a typo fails before any run.
+        configs = [
             apply_overrides(base, {**combo, "seed": seed}, source=f"sweep {self.name!r} run")
-            for combo in self.combinations
             for seed in self.seeds
+            for combo in self.combinations
         ]
         varied = self.varied_keys
         plans = []

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from nsrep.bn_init import BN_INITS, DEFAULT_BN_INIT, apply_bn_init
 from nsrep.models.factory import LayerFactory
 from nsrep.units import DEFAULT_MAX_STREAMS, UnitConfig
 from nsrep.validation import check_choice
@@ -53,21 +54,25 @@ def create_model(
     pair_drop: float = 0.0,
     num_branches: int | None = None,
     max_streams: int = DEFAULT_MAX_STREAMS,
+    bn_init: str = DEFAULT_BN_INIT,
     deploy: bool = False,
     **options: Any,
 ) -> nn.Module:
     """Build ``arch`` with units of ``family`` joined by ``connectivity`` (or its fused plain form, ``deploy``).
 
     ``options`` are the architecture's own keywords (``num_classes``, ``stem``, ``width_mult``, ...; see
-    :func:`model_options`). The returned model carries ``nsrep_config``, the keywords that rebuild it.
+    :func:`model_options`). ``bn_init`` sets where the units' BN scales start (nsrep.bn_init.BN_INITS; the
+    training form only). The returned model carries ``nsrep_config``, the keywords that rebuild it.
     """
     check_choice("architecture", arch, list_models())
     builder, accepted = _REGISTRY[arch]
     for key in options:
         check_choice(f"option for {arch}", key, accepted)
     unit = UnitConfig(family, connectivity, stochastic, pair_drop, num_branches, max_streams)
+    check_choice("bn_init", bn_init, BN_INITS)
     model = builder(layers=LayerFactory(unit, deploy=deploy), **options)
-    model.nsrep_config = {"arch": arch, **unit.to_dict(), "deploy": deploy, **options}
+    apply_bn_init(model, bn_init)
+    model.nsrep_config = {"arch": arch, **unit.to_dict(), "bn_init": bn_init, "deploy": deploy, **options}
     return model
 
 

@@ -19,6 +19,7 @@ __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
 
 class BasicBlock(nn.Module):
     expansion = 1
+    residual_end = "conv2"  # the unit that ends the residual branch (nsrep.bn_init's zero-residual)
 
     def __init__(
         self,
@@ -49,6 +50,7 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     expansion = 4
+    residual_end = "conv3"
 
     def __init__(
         self,

@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
+from nsrep.bn_init import BN_INITS, DEFAULT_BN_INIT
 from nsrep.connectivity import CONNECTIVITIES
 from nsrep.families import FAMILIES, resolve_num_branches
 from nsrep.models import list_models
 from nsrep.models.common import MEMORY_MODES, STEMS
+from nsrep.train.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from nsrep.train.distributed import DEVICES
 from nsrep.validation import check_choice
 
@@ -39,7 +41,7 @@ RECIPE_DIR = Path(__file__).with_name("recipes")
 SCHEDULES = ("cosine", "step", "constant")
 AUTO_OR_BOOL = ("auto", True, False)
 # Fields that only change how a run executes, not what it computes: a resumed run may change them.
-EXECUTION_FIELDS = frozenset({"workers", "log_every", "progress"})
+EXECUTION_FIELDS = frozenset({"workers", "threads", "log_every", "progress"})
 
 
 @dataclass
@@ -57,14 +59,19 @@ class TrainConfig:
     stem: str = "cifar"
     stem_unit: bool = True
     memory: str = "default"  # "checkpoint" recomputes each residual block in backward (less memory)
+    bn_init: str = DEFAULT_BN_INIT  # where the units' BN scales start (nsrep.bn_init.BN_INITS)
     # data and augmentation (run on batches on the training device)
     data: str = "digits"  # "digits", "synthetic", a CIFAR python folder or an ImageNet-style folder
     image_size: int | None = None  # None: the data's own size (CIFAR 32, digits 8, ImageNet-style 224)
+    val_fraction: float = DEFAULT_VAL_FRACTION  # share of train/ held out (per class) when a folder has no val/
+    split_seed: int = DEFAULT_SPLIT_SEED  # seed of that split and of train_subset: fixed across a sweep's seeds
+    train_subset: int | None = None  # keep this many training images (stratified); None: all of them
     augment: str | None = None  # "pad-crop", "random-resized-crop", "none"; None: the data's default
     crop_padding: int = 4
     hflip: bool = True
     autoaugment: str | None = None  # kornia AutoAugment policy ("cifar10", "imagenet", "svhn") or None
     workers: int = 2  # DataLoader worker processes (image decoding for folders)
+    threads: int | None = None  # intra-op CPU threads (torch.set_num_threads); None: torch's default
     # optimisation
     epochs: int = 100
     batch_size: int = 256  # global batch: split over DDP ranks and accumulation steps
@@ -98,6 +105,7 @@ class TrainConfig:
         check_choice("memory mode", self.memory, MEMORY_MODES)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("device", self.device, DEVICES)
+        check_choice("bn_init", self.bn_init, BN_INITS)
         resolve_num_branches(self.family, self.num_branches)
         for name in ("amp", "channels_last"):
             if getattr(self, name) not in AUTO_OR_BOOL:
@@ -122,6 +130,12 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"clip_grad must be > 0 or null, got {self.clip_grad}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"train_subset must be >= 1 or null, got {self.train_subset}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or null, got {self.threads}")
         if self.workers < 0 or self.crop_padding < 0:
             raise ValueError(f"workers and crop_padding must be >= 0, got {self.workers}, {self.crop_padding}")
 
@@ -149,6 +163,18 @@ class TrainConfig:
             "stem": self.stem,
             "stem_unit": self.stem_unit,
             "memory": self.memory,
+            "bn_init": self.bn_init,
+        }
+
+    def data_kwargs(self) -> dict[str, Any]:
+        """The ``nsrep.train.data.load_data`` keywords of this run's data."""
+        pad_crop = self.augment == "pad-crop"  # train items at the input size, not at the resize side
+        return {
+            "image_size": self.image_size,
+            "val_fraction": self.val_fraction,
+            "split_seed": self.split_seed,
+            "train_subset": self.train_subset,
+            "train_item_size": self.image_size if pad_crop else None,
         }
 
 

@@ -3,11 +3,16 @@
 Every item is ``(image, label)``: ``image`` a uint8 tensor (C, H, W), ``label`` an int, so the default collate
 makes a uint8 batch (B, C, H, W) that the trainer converts to float and augments on the device
 (:mod:`nsrep.train.augment`). Small data sets live in memory as one uint8 tensor (indexing is a view: no decode,
-no PIL); ImageNet-style folders are decoded with Pillow in ``__getitem__``, i.e. in the DataLoader workers.
+no PIL); ImageNet-style folders are decoded with Pillow in ``__getitem__``, i.e. in the DataLoader workers,
+except folders of small images (items of at most ``SMALL_IMAGE_MAX`` pixels a side, CIFAR-style JPEGs), which are
+decoded once into a uint8 tensor (kept in memory and in a cache file beside the data, nsrep.train.imagecache)
+so no epoch after the first decodes a JPEG. A folder without ``val/`` gets a stratified, seeded validation
+split of its ``train/`` images (``val_fraction``, ``split_seed``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import os
@@ -35,6 +40,7 @@ __all__ = [
     "TensorImageDataset",
     "describe",
     "load_data",
+    "stratified_indices",
     "stratified_split",
 ]
 
@@ -62,6 +68,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DIGITS_MEAN, DIGITS_STD = (0.3054,), (0.3760,)
 DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED = 0.2, 0
 
+# A folder without val/ holds out this fraction of its train/ images (stratified) for validation.
+DEFAULT_VAL_FRACTION, DEFAULT_SPLIT_SEED = 0.1, 0
+# Items of at most this side are decoded once into memory (and a cache file) instead of in every epoch.
+SMALL_IMAGE_MAX = 64
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DEFAULT_IMAGENET_SIZE = 224
 
@@ -69,7 +79,10 @@ _CIFAR_LAYOUTS = {
     "cifar10": "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the CIFAR-10 python version)",
     "cifar100": "cifar-100-python/{train, test, meta} (the CIFAR-100 python version)",
 }
-_IMAGE_FOLDER_LAYOUT = "train/CLASS/*.jpg and val/CLASS/*.jpg with the same class folders (ImageNet-style)"
+_IMAGE_FOLDER_LAYOUT = (
+    "train/CLASS/*.jpg and val/CLASS/*.jpg with the same class folders (ImageNet-style), train/CLASS/*.jpg alone "
+    "(a validation split is held out), or the CLASS/*.jpg folders themselves"
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,14 @@ class ImageData:
     std: tuple[float, ...]
     class_names: tuple[str, ...]
     augment: str  # default augmentation kind: "pad-crop" or "random-resized-crop" (nsrep.train.augment)
+    # set when the test split is a stratified share of the source's training images (a folder without val/)
+    val_fraction: float | None = None
+    split_seed: int | None = None
+
+    @property
+    def held_out(self) -> bool:
+        """Whether the test split was held out of the training images (not the source's own test split)."""
+        return self.val_fraction is not None
 
 
 @dataclass(frozen=True)
@@ -128,6 +149,15 @@ class TensorImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
 
+    def targets(self) -> np.ndarray:
+        """Every item's label, in item order."""
+        return self.labels.numpy()
+
+    def select(self, indices: Sequence[int]) -> TensorImageDataset:
+        """The items at ``indices`` (in that order) as a new data set."""
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return TensorImageDataset(self.images[index], self.labels[index])
+
 
 class ImageFolderDataset(Dataset):
     """Image files decoded by Pillow on access (in the DataLoader workers), so a large folder never sits in memory.
@@ -150,14 +180,47 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
+        return torch.from_numpy(self.decode(path)).permute(2, 0, 1).contiguous(), label
+
+    def decode(self, path: Path) -> np.ndarray:
+        """One file as the (H, W, 3) uint8 item: RGB, shorter side resized, centre square cut."""
         try:
             with Image.open(path) as opened:
                 image = opened.convert("RGB")
         except OSError as error:  # PIL.UnidentifiedImageError is an OSError
             raise ValueError(f"cannot decode image {path}: {error}") from error
         image = _center_crop(_resize_shorter_side(image, self.resize_size), self.item_size)
-        array = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), label
+        return np.array(image, dtype=np.uint8)
+
+    def targets(self) -> np.ndarray:
+        """Every item's label, in item order."""
+        return np.array([label for _, label in self.samples], dtype=np.int64)
+
+    def select(self, indices: Sequence[int]) -> ImageFolderDataset:
+        """The items at ``indices`` (in that order) as a new data set with the same sizes."""
+        samples = [self.samples[i] for i in indices]
+        return ImageFolderDataset(samples, self.classes, resize_size=self.resize_size, item_size=self.item_size)
+
+
+class CachedImageFolder(ImageFolderDataset):
+    """An image folder whose items were decoded once into one uint8 tensor (N, 3, S, S): indexing is a view.
+
+    Keeps the folder's ``samples`` and sizes, so it reads like the folder it caches.
+    """
+
+    def __init__(self, folder: ImageFolderDataset, images: torch.Tensor) -> None:
+        super().__init__(folder.samples, folder.classes, resize_size=folder.resize_size, item_size=folder.item_size)
+        expected = (len(folder), 3, folder.item_size, folder.item_size)
+        assert images.dtype == torch.uint8 and tuple(images.shape) == expected, (images.dtype, images.shape)
+        self.images = images
+        self.labels = torch.from_numpy(self.targets())
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+    def select(self, indices: Sequence[int]) -> CachedImageFolder:
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return CachedImageFolder(super().select(indices), self.images[index])
 
 
 def _resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
@@ -186,6 +249,11 @@ def load_data(
     verify: bool = True,
     checksums: Mapping[str, str] | None = None,
     synthetic: SyntheticSpec | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+    train_subset: int | None = None,
+    train_item_size: int | None = None,
+    cache: bool = True,
 ) -> ImageData:
     """Open ``source``: "digits", "synthetic", a CIFAR python folder or an ImageNet-style folder.
 
@@ -193,7 +261,32 @@ def load_data(
     the fixed-size data sets (CIFAR 32, digits 8) accept only their own size. ``verify`` checks the CIFAR files
     against ``CIFAR10_MD5`` / ``CIFAR100_MD5``, each entry of which ``checksums`` (file name -> md5) may replace.
     The names "digits" and "synthetic" win over folders of the same name (pass "./digits" for the folder).
+
+    An image folder without ``val/`` holds out ``val_fraction`` of its images per class, drawn with
+    ``split_seed``, as the test split. ``train_subset`` keeps that many training images (stratified, seeded by
+    ``split_seed``; the test split is untouched). ``train_item_size`` sets the side of an image folder's train
+    items (default: the resize side, for a random-resized crop on the device; pass ``image_size`` for a
+    pad-and-crop recipe). ``cache`` decodes folders of small images once (see nsrep.train.imagecache).
     """
+    if not isinstance(val_fraction, int | float) or isinstance(val_fraction, bool) or not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+    data = _open(source, image_size, verify, checksums, synthetic, val_fraction, split_seed, train_item_size, cache)
+    if train_subset is not None:
+        data = _with_train_subset(data, train_subset, split_seed)
+    return data
+
+
+def _open(
+    source: str | os.PathLike,
+    image_size: int | None,
+    verify: bool,
+    checksums: Mapping[str, str] | None,
+    synthetic: SyntheticSpec | None,
+    val_fraction: float,
+    split_seed: int,
+    train_item_size: int | None,
+    cache: bool,
+) -> ImageData:
     if isinstance(source, str) and source in ("digits", "synthetic"):
         if checksums is not None:
             raise ValueError(f"checksums= applies only to CIFAR folders, not to {source!r}")
@@ -228,8 +321,12 @@ def load_data(
         return _load_cifar(kind, folder, verify=verify, checksums=checksums)
     if checksums is not None:
         raise ValueError(f"checksums= applies only to CIFAR folders, and {str(path)!r} is none")
+    size = DEFAULT_IMAGENET_SIZE if image_size is None else image_size
+    split = _ImageFolderSplit(val_fraction, split_seed, train_item_size, cache)
     if (path / "train").is_dir() or (path / "val").is_dir():
-        return _load_image_folder(path, DEFAULT_IMAGENET_SIZE if image_size is None else image_size)
+        return _load_image_folder(path, size, split)
+    if _holds_class_folders(path):  # the class folders themselves (e.g. data/train): a held-out split
+        return _load_image_folder(path, size, split, train_dir=path)
     raise ValueError(
         f"data folder {str(path)!r} matches no known layout; looked for {_CIFAR_LAYOUTS['cifar10']}, "
         f"{_CIFAR_LAYOUTS['cifar100']} (the folder itself or a subfolder of that name), or {_IMAGE_FOLDER_LAYOUT}"
@@ -242,10 +339,44 @@ def describe(data: ImageData) -> str:
     item_size = getattr(data.train, "item_size", data.image_size)
     if item_size != data.image_size:
         shape += f" (train items {item_size}x{item_size}, cropped on the device)"
+    test = "test"
+    if data.held_out:
+        test = f"held-out validation (val_fraction {data.val_fraction}, seed {data.split_seed})"
+    cached = " (decoded once, cached)" if isinstance(data.train, CachedImageFolder) else ""
     return (
-        f"{data.name}: {len(data.train)} train / {len(data.test)} test images, {data.num_classes} classes, "
-        f"{shape}, augment {data.augment}"
+        f"{data.name}: {len(data.train)} train / {len(data.test)} {test} images{cached}, {data.num_classes} "
+        f"classes, {shape}, augment {data.augment}"
     )
+
+
+def stratified_indices(targets: np.ndarray, fraction: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, drawn) sorted index arrays: ``fraction`` of the items (a share, or a count if an int) drawn per
+    class with scikit-learn's stratified shuffle seeded by ``seed``; the same inputs give the same split."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        kept, drawn = train_test_split(np.arange(len(targets)), test_size=fraction, random_state=seed, stratify=targets)
+    except ValueError as error:  # too few images per class for the share asked
+        classes = len(np.unique(targets))
+        raise ValueError(
+            f"cannot draw {fraction!r} of {len(targets)} images stratified over {classes} classes "
+            f"(both parts need at least one image per class): {error}"
+        ) from error
+    return np.sort(kept), np.sort(drawn)
+
+
+def _with_train_subset(data: ImageData, size: int, seed: int) -> ImageData:
+    """``data`` with ``size`` of its training images, stratified and seeded; the test split unchanged."""
+    total = len(data.train)
+    if not isinstance(size, int) or isinstance(size, bool) or not data.num_classes <= size <= total:
+        raise ValueError(
+            f"train_subset must be an int from {data.num_classes} (one image per class) to the {total} training "
+            f"images of {data.name}, got {size!r}"
+        )
+    if size == total:
+        return data
+    _, chosen = stratified_indices(data.train.targets(), size, seed)
+    return dataclasses.replace(data, train=data.train.select(chosen))
 
 
 def _check_fixed_size(name: str, image_size: int | None, native: int) -> None:
@@ -349,29 +480,60 @@ def _read_cifar_split(paths: Sequence[Path], label_key: bytes, num_classes: int)
 # ---------------------------------------------------------------------------------------------------- image folder
 
 
-def _load_image_folder(root: Path, image_size: int) -> ImageData:
+@dataclass(frozen=True)
+class _ImageFolderSplit:
+    """How an image folder is split and decoded (see :func:`load_data`)."""
+
+    val_fraction: float
+    seed: int
+    train_item_size: int | None
+    cache: bool
+
+
+def _load_image_folder(
+    root: Path, image_size: int, split: _ImageFolderSplit, train_dir: Path | None = None
+) -> ImageData:
     """Index an ImageNet-style folder: train items are square at the resize side, val items at ``image_size``.
 
     Batched augmentation needs one item size, so a train image is resized (shorter side ``round(image_size *
     256 / 224)``) and centre-cropped to that square; the random-resized crop to ``image_size`` then runs on the
-    device. Val images get the standard evaluation: the same resize, then a centre crop of ``image_size``.
+    device (``split.train_item_size`` replaces that side, e.g. ``image_size`` for a pad-and-crop recipe). Val
+    images get the standard evaluation: the same resize, then a centre crop of ``image_size``. Without a val/
+    folder (or when ``train_dir`` is given) a stratified share of the train images is held out instead.
     """
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    item = split.train_item_size
+    if item is not None and (not isinstance(item, int) or isinstance(item, bool) or item < image_size):
+        raise ValueError(f"train_item_size must be an int >= image_size ({image_size}), got {item!r}")
     resize_size = round(image_size * 256 / 224)
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise ValueError(f"ImageNet-style folder {root} has no {split}/ folder; expected {_IMAGE_FOLDER_LAYOUT}")
-    classes = _class_folders(root / "train")
-    val_classes = _class_folders(root / "val")
-    if classes != val_classes:
-        only_train, only_val = sorted(set(classes) - set(val_classes)), sorted(set(val_classes) - set(classes))
-        raise ValueError(
-            f"class folders of {root / 'val'} differ from those of {root / 'train'}: "
-            f"only in train/: {only_train}, only in val/: {only_val}"
-        )
-    train = ImageFolderDataset(_scan(root / "train", classes), classes, resize_size=resize_size, item_size=resize_size)
-    test = ImageFolderDataset(_scan(root / "val", classes), classes, resize_size=resize_size, item_size=image_size)
+    train_item = resize_size if item is None else item
+    if train_dir is None:
+        if not (root / "train").is_dir():
+            raise ValueError(f"ImageNet-style folder {root} has no train/ folder; expected {_IMAGE_FOLDER_LAYOUT}")
+        train_dir = root / "train"
+    classes = _class_folders(train_dir)
+    samples = _scan(train_dir, classes)
+    held_out = train_dir != root / "train" or not (root / "val").is_dir()
+    if held_out:
+        targets = np.array([label for _, label in samples], dtype=np.int64)
+        kept, drawn = stratified_indices(targets, split.val_fraction, split.seed)
+        train_samples, val_samples = [samples[i] for i in kept], [samples[i] for i in drawn]
+    else:
+        val_classes = _class_folders(root / "val")
+        if classes != val_classes:
+            only_train, only_val = sorted(set(classes) - set(val_classes)), sorted(set(val_classes) - set(classes))
+            raise ValueError(
+                f"class folders of {root / 'val'} differ from those of {root / 'train'}: "
+                f"only in train/: {only_train}, only in val/: {only_val}"
+            )
+        train_samples, val_samples = samples, _scan(root / "val", classes)
+    train = ImageFolderDataset(train_samples, classes, resize_size=train_item, item_size=train_item)
+    test = ImageFolderDataset(val_samples, classes, resize_size=resize_size, item_size=image_size)
+    if split.cache:
+        from nsrep.train.imagecache import cached_folder
+
+        train, test = (cached_folder(d, root) if d.item_size <= SMALL_IMAGE_MAX else d for d in (train, test))
     return ImageData(
         name="imagefolder",
         train=train,
@@ -382,8 +544,18 @@ def _load_image_folder(root: Path, image_size: int) -> ImageData:
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         class_names=classes,
-        augment="random-resized-crop",
+        augment="random-resized-crop" if item is None else "pad-crop",
+        val_fraction=split.val_fraction if held_out else None,
+        split_seed=split.seed if held_out else None,
     )
+
+
+def _holds_class_folders(path: Path) -> bool:
+    """Whether ``path``'s (non-hidden) subfolders hold image files directly: a folder of class folders."""
+    for folder in sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        if any(f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir() if f.is_file()):
+            return True
+    return False
 
 
 def _class_folders(folder: Path) -> tuple[str, ...]:

@@ -69,11 +69,12 @@ def eval_split(
     ``meta`` is what the run recorded of its data (``preprocess.json``); data whose classes or channels do
     not fit the run is refused, naming ``run``.
     """
-    images = load_data(source)
+    split = {key: meta[key] for key in ("val_fraction", "split_seed") if key in meta}  # the run's held-out split
+    images = load_data(source, **split)
     _check_data_fits(images, meta, run)
     size = meta.get("input_size")
     if size is not None and images.image_size != size:  # image folders and synthetic data take any size
-        images = load_data(source, image_size=size)
+        images = load_data(source, image_size=size, **split)
     transform = build_transform(
         images.augment, train=False, image_size=images.image_size, mean=images.mean, std=images.std
     )

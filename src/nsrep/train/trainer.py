@@ -394,7 +394,9 @@ def _train(
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after must be >= 1, got {stop_after}")
     state = _prepare_run_dir(run_dir, config, resume)  # every rank checks, so all fail alike
-    data = load_data(config.data, image_size=config.image_size)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    data = load_data(config.data, **config.data_kwargs())
     kind = config.augment or data.augment
     aug = {"image_size": data.image_size, "mean": data.mean, "std": data.std}
     train_tf = build_transform(
@@ -461,6 +463,8 @@ def _train(
         ddp.train()
         started = time.perf_counter()
         loss_sum, hits, seen = torch.zeros((), device=env.device), torch.zeros((), device=env.device), 0
+        step_losses: list[Tensor] = []  # this rank's loss of every optimiser step: spikes show here, not in means
+        step_loss = torch.zeros((), device=env.device)
         images_per_step = train_loader.batch_size * config.grad_accum
         bar = tqdm(
             total=steps_per_epoch * images_per_step,
@@ -482,9 +486,11 @@ def _train(
                     loss = criterion(logits.float(), labels)
                 scaler.scale(loss / config.grad_accum).backward()
             loss_sum += loss.detach() * labels.numel()
+            step_loss = (step_loss if micro else 0) + loss.detach() / config.grad_accum
             hits += (logits.detach().argmax(1) == labels).sum()
             seen += labels.numel()
             if last_micro:
+                step_losses.append(step_loss)
                 if config.clip_grad is not None:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
@@ -515,6 +521,7 @@ def _train(
             "epoch_seconds": epoch_seconds,
             "images_per_second": totals[2].item() / epoch_seconds,
             "peak_memory_mib": _peak_memory_mib(env.device),
+            "step_losses": [round(v, 5) for v in torch.stack(step_losses).tolist()] if step_losses else [],
         }
         metrics.append(record)
         rng = distributed.all_gather_objects(_rng_state(), env)
@@ -567,6 +574,7 @@ def _data_meta(data: ImageData) -> dict[str, Any]:
         "mean": list(data.mean),
         "std": list(data.std),
         "class_names": list(data.class_names),
+        **({"val_fraction": data.val_fraction, "split_seed": data.split_seed} if data.held_out else {}),
     }
 
 

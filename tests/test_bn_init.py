@@ -1,0 +1,110 @@
+"""BatchNorm initialisation schemes: where each unit's branch BN scales start, and exact folding with them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import nsrep
+from helpers import assert_folds, classification_loss, train_steps
+from nsrep.bn_init import BN_INITS, pairs_in_aggregate
+from nsrep.units import RepConv2d
+
+
+def _final_gammas(unit: RepConv2d) -> list[torch.Tensor]:
+    return [branch.final_bn.weight for branch in unit.branches]
+
+
+def _units(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, RepConv2d)}
+
+
+@pytest.mark.parametrize("connectivity", ["block", "ns"])
+def test_scaled_sets_one_over_root_of_pairs(connectivity):
+    model = nsrep.create_model(
+        "resnet18",
+        num_classes=5,
+        stem="cifar",
+        width_mult=0.125,
+        family="dbb",
+        connectivity=connectivity,
+        bn_init="scaled",
+    )
+    for name, unit in _units(model).items():
+        pairs = unit.num_branches * (unit.in_streams if connectivity == "ns" else 1)
+        assert pairs_in_aggregate(unit) == pairs
+        for gamma in _final_gammas(unit):
+            assert torch.allclose(gamma, torch.full_like(gamma, 1 / math.sqrt(pairs))), name
+    # the stem unit of an NS net sees one stream: K pairs; later units K·S_in = 16
+    units = _units(model)
+    assert pairs_in_aggregate(units["stem.conv"]) == 4
+    if connectivity == "ns":
+        assert pairs_in_aggregate(units["stages.1.0.conv1"]) == 16
+
+
+def test_zero_residual_zeroes_only_the_unit_that_ends_each_residual_branch():
+    model = nsrep.create_model(
+        "resnet18",
+        num_classes=5,
+        stem="cifar",
+        width_mult=0.125,
+        family="acnet",
+        connectivity="ns",
+        bn_init="zero-residual",
+    )
+    for name, unit in _units(model).items():
+        expected = 0.0 if name.endswith(".conv2") else 1.0
+        for gamma in _final_gammas(unit):
+            assert (gamma == expected).all(), name
+    bottleneck = nsrep.create_model("resnet50", num_classes=5, stem="cifar", width_mult=0.125, bn_init="zero-residual")
+    zeroed = {n for n, u in _units(bottleneck).items() if all((g == 0).all() for g in _final_gammas(u))}
+    assert zeroed and all(n.endswith(".conv3") for n in zeroed) and len(zeroed) == 16
+
+
+def test_zero_residual_blocks_start_as_their_shortcut():
+    torch.manual_seed(0)
+    model = nsrep.create_model(
+        "resnet18",
+        num_classes=5,
+        stem="cifar",
+        width_mult=0.125,
+        family="dbb",
+        connectivity="ns",
+        bn_init="zero-residual",
+    ).train()
+    block = model.stages[0][0]
+    x = torch.relu(torch.randn(4, 2, 8, 8, 8))  # (S, B, C, H, W), non-negative like a ReLU output
+    assert torch.equal(block(x), x)  # identity shortcut, residual branch all zero, guided ReLU of x >= 0
+
+
+def test_ones_is_torchvision_default_and_deploy_form_ignores_the_scheme():
+    a = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125, family="dbb", connectivity="ns")
+    assert all((g == 1).all() for u in _units(a).values() for g in _final_gammas(u))
+    assert a.nsrep_config["bn_init"] == "ones"
+    deployed = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125, deploy=True, bn_init="zero-residual")
+    assert not _units(deployed)
+
+
+@pytest.mark.parametrize("scheme", [s for s in BN_INITS if s != "ones"])
+@pytest.mark.parametrize("family, connectivity", [("dbb", "ns"), ("ns", "ns"), ("acnet", "block")])
+def test_folds_exactly_with_every_scheme_after_training(scheme, family, connectivity):
+    torch.manual_seed(0)
+    model = nsrep.create_model(
+        "resnet18",
+        num_classes=5,
+        stem="cifar",
+        width_mult=0.125,
+        family=family,
+        connectivity=connectivity,
+        bn_init=scheme,
+    )
+    make_input = lambda: torch.randn(4, 3, 16, 16)  # noqa: E731
+    train_steps(model, make_input, steps=3, loss_fn=classification_loss(5))
+    assert_folds(model, make_input)
+
+
+def test_bad_scheme_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown bn_init 'zero'; valid: ones, scaled, zero-residual"):
+        nsrep.create_model("resnet18", bn_init="zero")
