@@ -79,10 +79,14 @@ def test_zero_residual_blocks_start_as_their_shortcut():
     assert torch.equal(block(x), x)  # identity shortcut, residual branch all zero, guided ReLU of x >= 0
 
 
-def test_ones_is_torchvision_default_and_deploy_form_ignores_the_scheme():
-    a = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125, family="dbb", connectivity="ns")
-    assert all((g == 1).all() for u in _units(a).values() for g in _final_gammas(u))
-    assert a.nsrep_config["bn_init"] == "ones"
+def test_default_is_scaled_plain_units_keep_one_and_deploy_form_ignores_the_scheme():
+    ns = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125, family="dbb", connectivity="ns")
+    assert ns.nsrep_config["bn_init"] == "scaled"
+    assert (ns.stages[0][0].conv1.branches[0].final_bn.weight == 0.25).all()  # 1/sqrt(4 branches x 4 streams)
+    plain = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125)  # one pair: scaled == ones
+    assert all((g == 1).all() for u in _units(plain).values() for g in _final_gammas(u))
+    ones = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125, family="dbb", bn_init="ones")
+    assert all((g == 1).all() for u in _units(ones).values() for g in _final_gammas(u))
     deployed = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125, deploy=True, bn_init="zero-residual")
     assert not _units(deployed)
 

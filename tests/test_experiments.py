@@ -104,7 +104,14 @@ def test_report_statistics_match_an_independent_computation(finished_sweep):
     diffs = np.array([acc[("ns", s)] - acc[("block", s)] for s in (0, 1)])
     half = stats.t.ppf(0.975, 1) * diffs.std(ddof=1) / math.sqrt(2)
     assert f"{diffs.mean():+.2f} [{diffs.mean() - half:+.2f}, {diffs.mean() + half:+.2f}] (n=2)" in report.markdown
-    assert {p.name for p in report.files} == {"report.md", "accuracy.png", "learning_curves.png"}
+    assert {p.name for p in report.files} == {
+        "report.md",
+        "accuracy.png",
+        "learning_curves.png",
+        "accuracy_vs_cost.png",
+        "step_losses.png",
+    }
+    assert "train s" in report.markdown
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "s / epoch" in report.markdown and "peak MiB" in report.markdown
 
@@ -184,5 +191,6 @@ def test_shipped_specs_are_valid():
     for path in specs:
         spec = load_spec(path)
         assert spec.plans() and len(spec.seeds) >= 3
-        if path.stem.endswith("-cpu"):
-            assert spec.recipe == "demo" and "CPU-scale" in spec.description
+        if "-cpu" in path.stem:  # CPU-scale studies run on the CPU recipes, and say that they are
+            assert spec.recipe in ("demo", "cifar10-cpu"), path
+            assert "CPU-scale" in spec.description or "two CPU cores" in spec.description, path

@@ -111,18 +111,23 @@ def build_report(
                 (
                     *place,
                     f"{statistics.fmean(r['epoch_seconds'] for r in runs):.2f}",
+                    f"{statistics.fmean(r['epoch_seconds'] * r['epochs'] for r in runs):.0f}",
                     f"{statistics.fmean(r['peak_memory_mib'] for r in runs):.0f}",
                     f"{runs[0]['train_params']:,}",
                     f"{runs[0]['deploy_params']:,}",
                 )
             )
     place_header = ("method", ", ".join(col_keys)) if col_keys else ("method",)
-    lines += markdown_table((*place_header, "s / epoch", "peak MiB", "training params", "deployed params"), body)
+    cost_header = ("s / epoch", "train s", "peak MiB", "training params", "deployed params")
+    lines += markdown_table((*place_header, *cost_header), body)
     markdown = "\n".join(lines) + "\n"
     files = [atomic_write(sweep / REPORT_FILE, lambda f: f.write(markdown.encode()))]
     if plots:
         files.append(_accuracy_plot(by_cell, row_labels, col_labels, col_keys, sweep / "accuracy.png"))
         files.append(_curves_plot(sweep, by_cell, row_labels, col_labels, sweep / "learning_curves.png"))
+        files.append(_cost_plot(by_cell, row_labels, col_labels, sweep / "accuracy_vs_cost.png"))
+        if any(m.get("step_losses") for r in results for m in run_metrics(sweep, r["run"])):
+            files.append(_step_loss_plot(sweep, by_cell, row_labels, col_labels, sweep / "step_losses.png"))
     return SweepReport(markdown, files)
 
 
@@ -176,4 +181,67 @@ def _curves_plot(
         ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=col)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
+    return save_png(fig, path)
+
+
+def _cost_plot(
+    by_cell: Mapping[tuple[str, str], Mapping[int, Mapping[str, Any]]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    path: Path,
+) -> Path:
+    """Top-1 against total training seconds (mean ± std over seeds): one point per method and column."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), constrained_layout=True)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            runs = list(by_cell.get((row, col), {}).values())
+            if not runs:
+                continue
+            seconds = mean_std([r["epoch_seconds"] * r["epochs"] for r in runs])
+            top1 = mean_std([r["top1"] for r in runs])
+            label = row if len(cols) == 1 else f"{row}, {col}"
+            ax.errorbar(
+                seconds.mean,
+                top1.mean,
+                xerr=0.0 if math.isnan(seconds.std) else seconds.std,
+                yerr=0.0 if math.isnan(top1.std) else top1.std,
+                marker="os^vD<>"[j % 7],
+                color=f"C{i % 10}",
+                capsize=3,
+                label=label,
+            )
+    ax.set(xscale="log", xlabel="training time (s, log scale)", ylabel="test top-1 (%)")
+    ax.set_title("Accuracy against training cost (mean ± std over seeds)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    return save_png(fig, path)
+
+
+def _step_loss_plot(
+    sweep: Path,
+    by_cell: Mapping[tuple[str, str], Mapping[int, Mapping[str, Any]]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    path: Path,
+) -> Path:
+    """Training loss of every optimiser step (each seed a thin line), one panel per method: spikes show here."""
+    plt = pyplot()
+    cells = [(row, col) for row in rows for col in cols if by_cell.get((row, col))]
+    per_row = min(4, len(cells))
+    n_rows = math.ceil(len(cells) / per_row)
+    fig, axes = plt.subplots(
+        n_rows, per_row, figsize=(4.2 * per_row, 3.0 * n_rows), squeeze=False, sharey=True, constrained_layout=True
+    )
+    for k, (row, col) in enumerate(cells):
+        ax = axes[k // per_row][k % per_row]
+        for seed, run in sorted(by_cell[(row, col)].items()):
+            losses = [v for m in run_metrics(sweep, run["run"]) for v in m.get("step_losses", [])]
+            ax.plot(range(1, len(losses) + 1), losses, lw=0.6, label=f"seed {seed}")
+        ax.set_title(row if len(cols) == 1 else f"{row}, {col}", fontsize=8)
+        ax.set(xlabel="optimiser step", ylabel="training loss")
+        ax.grid(alpha=0.3)
+    for k in range(len(cells), n_rows * per_row):
+        axes[k // per_row][k % per_row].axis("off")
+    axes[0][0].legend(fontsize=7)
     return save_png(fig, path)

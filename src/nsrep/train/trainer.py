@@ -381,10 +381,14 @@ def train(
     jobs; continue later with ``resume``). Under ``torchrun`` every rank calls this; rank 0 writes files.
     """
     run_dir = Path(run_dir) if run_dir is not None else None
+    threads = torch.get_num_threads()
     env = distributed.setup(config.device)
     try:
+        if config.threads is not None:  # results depend on the thread count: a recipe may pin it
+            torch.set_num_threads(config.threads)
         return _train(config, run_dir, env, resume=resume, stop_after=stop_after)
     finally:
+        torch.set_num_threads(threads)  # the caller's setting is the caller's
         distributed.cleanup(env)
 
 
@@ -394,8 +398,6 @@ def _train(
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after must be >= 1, got {stop_after}")
     state = _prepare_run_dir(run_dir, config, resume)  # every rank checks, so all fail alike
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
     data = load_data(config.data, **config.data_kwargs())
     kind = config.augment or data.augment
     aug = {"image_size": data.image_size, "mean": data.mean, "std": data.std}
