@@ -407,3 +407,49 @@ def test_cli_help_lists_the_training_commands(capsys):
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--resume" in out and "--set KEY=VALUE" in out and "cifar100" in out
+
+
+# ------------------------------------------------------------------------------------ threads, held-out folders
+
+
+def test_pinned_threads_make_a_run_independent_of_the_callers_thread_count(tmp_path):
+    """``threads`` fixes the intra-op thread count for the run (results depend on it) and restores the caller's."""
+    digests = []
+    for caller_threads in (2, 1):
+        torch.set_num_threads(caller_threads)
+        try:
+            result = train(tiny_config(threads=1, epochs=1), tmp_path / f"run{caller_threads}")
+            assert torch.get_num_threads() == caller_threads  # the caller's setting is left as it was
+        finally:
+            torch.set_num_threads(1)  # conftest's setting for the other tests
+        digests.append(result.deployed_digests)
+        losses = result.metrics[0]["step_losses"]
+        assert len(losses) == 256 // 32 and all(math.isfinite(v) for v in losses)
+    assert digests[0] == digests[1]
+
+
+def test_cifar10_cpu_recipe_on_a_folder_without_val(tmp_path, capsys):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for label in range(3):
+        folder = tmp_path / "train" / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(20):
+            pixels = (torch.rand(32, 32, 3, generator=generator) * 80 + 60 * label).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"{i:04d}.jpg")
+    overrides = ["train_subset=30", "epochs=1", "batch_size=10", "progress=false", "val_fraction=0.25"]
+    argv = ["train", "--recipe", "cifar10-cpu", "--data", str(tmp_path / "train"), "--out", str(tmp_path / "run")]
+    assert main([*argv, *[x for o in overrides for x in ("--set", o)]]) == 0
+    config = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["config"]
+    assert (config["val_fraction"], config["split_seed"], config["train_subset"]) == (0.25, 0, 30)
+    meta = json.loads((tmp_path / "run" / "deploy" / "preprocess.json").read_text())
+    assert (meta["val_fraction"], meta["split_seed"], meta["input_size"]) == (0.25, 0, 32)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["deployed_form"]["count"] == 15  # 25% of 60 images held out, 5 per class
+    err = capsys.readouterr().err
+    assert "30 train / 15 held-out validation" in err and "decoded once, cached" in err
+    # nsrep eval finds the same held-out images again from what the run recorded
+    evaluation = evaluate_path(tmp_path / "run" / "checkpoint.pt", str(tmp_path / "train"))
+    assert evaluation.deployed_form.count == 15
+    assert evaluation.deployed_form.top1 == summary["deployed_form"]["top1"]

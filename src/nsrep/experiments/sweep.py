@@ -173,7 +173,8 @@ def collect_results(spec: SweepSpec, out_dir: str | os.PathLike) -> Path:
     keys = sorted({k for p in plans for k in p.values})
     rows = [_result_row(p, out / RUNS_DIR / p.name) for p in plans if _finished(out / RUNS_DIR / p.name)]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["run", *keys, *RESULT_FIELDS], restval="")
+    # a varied key that is also a result column (epochs) is written once: the run's value
+    writer = csv.DictWriter(buffer, fieldnames=["run", *keys, *(f for f in RESULT_FIELDS if f not in keys)], restval="")
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write(out / RESULTS_FILE, lambda f: f.write(buffer.getvalue().encode()))
