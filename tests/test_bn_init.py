@@ -112,3 +112,29 @@ def test_folds_exactly_with_every_scheme_after_training(scheme, family, connecti
 def test_bad_scheme_names_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown bn_init 'zero'; valid: ones, scaled, zero-residual"):
         nsrep.create_model("resnet18", bn_init="zero")
+
+
+def test_stability_trace_records_every_step_and_scaled_starts_at_the_plain_scale(tmp_path):
+    from nsrep.analysis.stability import trace_stability, write_traces
+    from nsrep.train.config import TrainConfig
+
+    base = {"data": "synthetic", "width_mult": 0.125, "batch_size": 32, "epochs": 1, "workers": 0, "threads": 1}
+    traces = {
+        scheme: trace_stability(
+            TrainConfig.from_dict({**base, "family": "dbb", "connectivity": "ns", "bn_init": scheme}),
+            3,
+            label=scheme,
+            progress=False,
+        )
+        for scheme in ("ones", "scaled")
+    }
+    for t in traces.values():
+        assert len(t.loss) == len(t.total_grad_norm) == len(t.features_std) == 3
+        assert set(t.grad_norm) == {"stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"}
+        assert all(len(v) == 3 for v in t.unit_std.values()) and "stages.3.1.conv2" in t.unit_std
+    # NS units with every gamma at 1 start well above a plain conv+BN's unit scale; scaled brings them down
+    ones, scaled = traces["ones"].stage_std("stages.1")[0], traces["scaled"].stage_std("stages.1")[0]
+    assert ones > 2 * scaled and 0.4 < scaled < 1.5
+    paths = write_traces(list(traces.values()), tmp_path)
+    assert {p.name for p in paths} == {"stability_steps.csv", "stability_summary.csv", "stability.png"}
+    assert len((tmp_path / "stability_steps.csv").read_text().splitlines()) == 1 + 6
