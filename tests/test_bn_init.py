@@ -17,17 +17,18 @@ def _final_gammas(unit: RepConv2d) -> list[torch.Tensor]:
     return [branch.final_bn.weight for branch in unit.branches]
 
 
+def _resnet18(**options):
+    """A tiny CIFAR-stem ResNet-18 (width 0.125, 5 classes) with the given unit and init options."""
+    return nsrep.create_model("resnet18", num_classes=5, stem="cifar", width_mult=0.125, **options)
+
+
 def _units(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, RepConv2d)}
 
 
 @pytest.mark.parametrize("connectivity", ["block", "ns"])
 def test_scaled_sets_one_over_root_of_pairs(connectivity):
-    model = nsrep.create_model(
-        "resnet18",
-        num_classes=5,
-        stem="cifar",
-        width_mult=0.125,
+    model = _resnet18(
         family="dbb",
         connectivity=connectivity,
         bn_init="scaled",
@@ -45,11 +46,7 @@ def test_scaled_sets_one_over_root_of_pairs(connectivity):
 
 
 def test_zero_residual_zeroes_only_the_unit_that_ends_each_residual_branch():
-    model = nsrep.create_model(
-        "resnet18",
-        num_classes=5,
-        stem="cifar",
-        width_mult=0.125,
+    model = _resnet18(
         family="acnet",
         connectivity="ns",
         bn_init="zero-residual",
@@ -65,11 +62,7 @@ def test_zero_residual_zeroes_only_the_unit_that_ends_each_residual_branch():
 
 def test_zero_residual_blocks_start_as_their_shortcut():
     torch.manual_seed(0)
-    model = nsrep.create_model(
-        "resnet18",
-        num_classes=5,
-        stem="cifar",
-        width_mult=0.125,
+    model = _resnet18(
         family="dbb",
         connectivity="ns",
         bn_init="zero-residual",
@@ -80,14 +73,14 @@ def test_zero_residual_blocks_start_as_their_shortcut():
 
 
 def test_default_is_scaled_plain_units_keep_one_and_deploy_form_ignores_the_scheme():
-    ns = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125, family="dbb", connectivity="ns")
+    ns = _resnet18(family="dbb", connectivity="ns")
     assert ns.nsrep_config["bn_init"] == "scaled"
     assert (ns.stages[0][0].conv1.branches[0].final_bn.weight == 0.25).all()  # 1/sqrt(4 branches x 4 streams)
     plain = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125)  # one pair: scaled == ones
     assert all((g == 1).all() for u in _units(plain).values() for g in _final_gammas(u))
-    ones = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125, family="dbb", bn_init="ones")
+    ones = _resnet18(family="dbb", bn_init="ones")
     assert all((g == 1).all() for u in _units(ones).values() for g in _final_gammas(u))
-    deployed = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125, deploy=True, bn_init="zero-residual")
+    deployed = _resnet18(deploy=True, bn_init="zero-residual")
     assert not _units(deployed)
 
 
@@ -95,11 +88,7 @@ def test_default_is_scaled_plain_units_keep_one_and_deploy_form_ignores_the_sche
 @pytest.mark.parametrize("family, connectivity", [("dbb", "ns"), ("ns", "ns"), ("acnet", "block")])
 def test_folds_exactly_with_every_scheme_after_training(scheme, family, connectivity):
     torch.manual_seed(0)
-    model = nsrep.create_model(
-        "resnet18",
-        num_classes=5,
-        stem="cifar",
-        width_mult=0.125,
+    model = _resnet18(
         family=family,
         connectivity=connectivity,
         bn_init=scheme,
