@@ -2,8 +2,9 @@
 
     python -m benchmarks.train_step --arch resnet18 --batch-size 64 --steps 5
     python -m benchmarks.train_step --arch resnet18 resnet50 --batch-size 64 128 --device cuda
+    python -m benchmarks.train_step --width 0.125 --threads 1 --classes 10 --variants plain acnet-block ...
 
-One step = forward + backward + SGD update on a CIFAR-shaped batch (3×32×32, 100 classes). Every variant runs
+One step = forward + backward + SGD update on a CIFAR-shaped batch (3×32×32, 100 classes unless --classes). Every variant runs
 in its own process (so its peak memory is its own): ``warmup`` steps, then the median of ``steps``. CPU
 memory is the peak resident set size above the process's size before the first step (weights, gradients,
 momentum and activations at the peak); CUDA memory is ``max_memory_allocated``. CUDA runs use AMP (bf16)
@@ -31,6 +32,8 @@ VARIANTS = {
     "dbb-block": ("dbb", "block", "fast", "default"),
     "ns-block": ("ns", "block", "fast", "default"),
     "acnet-ns": ("acnet", "ns", "fast", "default"),
+    "convK2-block": ("convK", "block", "fast", "default"),
+    "convK2-ns": ("convK", "ns", "fast", "default"),
     "acnet-ns padded": ("acnet", "ns", "fast-padded", "default"),
     "dbb-ns": ("dbb", "ns", "fast", "default"),
     "ns-ns": ("ns", "ns", "fast", "default"),
@@ -45,7 +48,14 @@ def worker(cfg: dict) -> dict:
     device = cfg["device"]
     family, connectivity, implementation, memory = VARIANTS[cfg["variant"]]
     model = nsrep.create_model(
-        cfg["arch"], num_classes=100, stem="cifar", family=family, connectivity=connectivity, memory=memory
+        cfg["arch"],
+        num_classes=cfg["classes"],
+        stem="cifar",
+        family=family,
+        connectivity=connectivity,
+        memory=memory,
+        width_mult=cfg["width"],
+        **({"num_branches": 2} if family == "convK" else {}),
     )
     set_implementation(model, implementation).to(device)
     cuda = device.startswith("cuda")
@@ -53,7 +63,7 @@ def worker(cfg: dict) -> dict:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     x = torch.randn(cfg["batch_size"], 3, 32, 32, device=device)
-    y = torch.randint(0, 100, (cfg["batch_size"],), device=device)
+    y = torch.randint(0, cfg["classes"], (cfg["batch_size"],), device=device)
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)
 
@@ -84,6 +94,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--width", type=float, default=1.0, help="width_mult of every variant")
+    parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
     parser.add_argument("--png", default=None, help="write a bar chart of the ratios here")
@@ -99,7 +111,7 @@ def main() -> None:
             results, failed = {}, {}
             for variant in args.variants:
                 cfg = {"arch": arch, "batch_size": batch, "variant": variant, "device": args.device}
-                cfg.update(steps=args.steps, warmup=args.warmup)
+                cfg.update(steps=args.steps, warmup=args.warmup, width=args.width, classes=args.classes)
                 try:
                     results[variant] = run_worker("benchmarks.train_step", cfg, args.threads)
                 except RuntimeError as err:  # e.g. killed for memory: report it, keep the other variants
@@ -129,7 +141,7 @@ def main() -> None:
                     time_ratio.append(r["median_s"] / reference["median_s"])
                     mem_ratio.append(r["peak_gib"] / reference["peak_gib"])
             lines += [
-                f"### {arch}, batch {batch}, CIFAR shape, {args.device} "
+                f"### {arch} (width {args.width}), batch {batch}, CIFAR shape, {args.device} "
                 f"(median of {args.steps} steps after {args.warmup} warm-up)",
                 "",
             ]
