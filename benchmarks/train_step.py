@@ -4,11 +4,11 @@
     python -m benchmarks.train_step --arch resnet18 resnet50 --batch-size 64 128 --device cuda
     python -m benchmarks.train_step --width 0.125 --threads 1 --classes 10 --variants plain acnet-block ...
 
-One step = forward + backward + SGD update on a CIFAR-shaped batch (3×32×32, 100 classes unless --classes). Every variant runs
-in its own process (so its peak memory is its own): ``warmup`` steps, then the median of ``steps``. CPU
-memory is the peak resident set size above the process's size before the first step (weights, gradients,
-momentum and activations at the peak); CUDA memory is ``max_memory_allocated``. CUDA runs use AMP (bf16)
-and channels-last.
+One step = forward + backward + SGD update on a CIFAR-shaped batch (3×32×32, 100 classes unless --classes).
+Every variant runs in its own process (so its peak memory is its own): ``warmup`` steps, then the median of
+``steps``. CPU memory is the peak resident set size above the process's size before the first step (weights,
+gradients, momentum and activations at the peak); CUDA memory is ``max_memory_allocated``. CUDA runs use AMP
+(bf16) and channels-last.
 """
 
 from __future__ import annotations
