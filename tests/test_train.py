@@ -80,8 +80,8 @@ def test_unknown_recipe_key_names_the_key_and_a_close_match(tmp_path):
     bad.write_text("epochs: 3\nnesterof: true\n")
     with pytest.raises(ValueError, match=r"recipe .*mine.yaml.* key 'nesterof'.*Did you mean 'nesterov'"):
         load_recipe(str(bad))
-    with pytest.raises(ValueError, match=r"unknown recipe 'cifar10'.*cifar100"):
-        load_recipe("cifar10")
+    with pytest.raises(ValueError, match=r"unknown recipe 'cifar-10'.*cifar100"):
+        load_recipe("cifar-10")
 
 
 @pytest.mark.parametrize(
