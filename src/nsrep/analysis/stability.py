@@ -59,13 +59,10 @@ class StabilityTrace:
     def max_loss(self) -> float:
         return max(self.loss)
 
-    def spikes(self, factor: float = 1.5, window: int = 10) -> int:
-        """Steps whose loss exceeds ``factor`` times the mean of the ``window`` steps before them."""
-        count = 0
-        for i in range(window, len(self.loss)):
-            if self.loss[i] > factor * sum(self.loss[i - window : i]) / window:
-                count += 1
-        return count
+    def largest_jump(self, window: int = 10) -> float:
+        """The largest rise of a step's loss above the mean of the ``window`` steps before it (0 if none)."""
+        jumps = [self.loss[i] - sum(self.loss[i - window : i]) / window for i in range(window, len(self.loss))]
+        return max([0.0, *jumps])
 
 
 def _stage_of(name: str) -> str:
@@ -182,7 +179,7 @@ def write_traces(traces: Sequence[StabilityTrace], out: Path) -> list[Path]:
             "first_loss": t.loss[0],
             "max_loss": t.max_loss,
             "final_loss_mean10": sum(t.loss[-10:]) / len(t.loss[-10:]),
-            "spikes": t.spikes(),
+            "largest_jump": t.largest_jump(),
             "init_features_std": t.features_std[0],
             **{f"init_std_{s}": t.stage_std(s)[0] for s in stages},
             "max_grad_norm": max(t.total_grad_norm),
@@ -257,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for t in traces:
         print(
             f"{t.label:28s} loss {t.loss[0]:.3f} -> {sum(t.loss[-10:]) / len(t.loss[-10:]):.3f}  max {t.max_loss:.3f}"
-            f"  spikes {t.spikes()}  features std at init {t.features_std[0]:.3g}  max grad norm "
+            f"  largest jump {t.largest_jump():.3f}  features std at init {t.features_std[0]:.3g}  max grad norm "
             f"{max(t.total_grad_norm):.3g}"
         )
     return 0
