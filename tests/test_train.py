@@ -450,6 +450,6 @@ def test_cifar10_cpu_recipe_on_a_folder_without_val(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "30 train / 15 held-out validation" in err and "decoded once, cached" in err
     # nsrep eval finds the same held-out images again from what the run recorded
-    evaluation = evaluate_path(tmp_path / "run" / "checkpoint.pt", str(tmp_path / "train"))
-    assert evaluation.deployed_form.count == 15
+    evaluation = evaluate_path(tmp_path / "run" / "checkpoint.pt")  # the folder the run recorded
+    assert meta["source"] == str(tmp_path / "train") and evaluation.deployed_form.count == 15
     assert evaluation.deployed_form.top1 == summary["deployed_form"]["top1"]

@@ -97,7 +97,7 @@ def evaluate_path(
         meta = state.get("data", {})
         train_form = model_from_checkpoint(state)
         deployed = reparameterize(train_form)
-    source = data if data is not None else meta.get("data")
+    source = data if data is not None else meta.get("source", meta.get("data"))  # older runs: "data" only
     if source is None:
         raise ValueError(f"{str(path)!r} does not record its data; pass --data")
     _, transform, loader = eval_split(source, meta, batch_size=batch_size, run=str(path))

@@ -539,7 +539,7 @@ def _train(
                     {
                         "config": config.to_dict(),
                         "model_config": unwrap_model(model).nsrep_config,
-                        "data": _data_meta(data),
+                        "data": _data_meta(data, config.data),
                         "epoch": epoch + 1,
                         "model": unwrap_model(model).state_dict(),
                         "optimizer": optimizer.state_dict(),
@@ -566,10 +566,11 @@ def _train(
     return _finish(result, model, data, test_loader, eval_tf, env, channels_last)
 
 
-def _data_meta(data: ImageData) -> dict[str, Any]:
-    """What a deployed model's user needs to feed it (saved as ``preprocess.json``)."""
+def _data_meta(data: ImageData, source: str) -> dict[str, Any]:
+    """What a deployed model's user needs to feed it (saved as ``preprocess.json``), and where its data was."""
     return {
         "data": data.name,
+        "source": source,  # the --data the run read: a folder path, or "digits" / "synthetic"
         "num_classes": data.num_classes,
         "in_chans": data.in_chans,
         "input_size": data.image_size,
@@ -606,7 +607,7 @@ def _finish(
     if len(set(result.deployed_digests)) != 1:
         raise RuntimeError(f"ranks folded different deployed weights: {result.deployed_digests}")
     if env.is_main and result.run_dir is not None:
-        save_deployed(result.deployed, result.run_dir / DEPLOY_DIR, preprocess=_data_meta(data))
+        save_deployed(result.deployed, result.run_dir / DEPLOY_DIR, preprocess=_data_meta(data, result.config.data))
         summary = {
             "train_form": asdict(train_form),
             "deployed_form": asdict(deployed_form),
