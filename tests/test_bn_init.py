@@ -72,14 +72,16 @@ def test_zero_residual_blocks_start_as_their_shortcut():
     assert torch.equal(block(x), x)  # identity shortcut, residual branch all zero, guided ReLU of x >= 0
 
 
-def test_default_is_scaled_plain_units_keep_one_and_deploy_form_ignores_the_scheme():
+def test_default_scales_branch_level_units_only_and_deploy_form_ignores_the_scheme():
     ns = _resnet18(family="dbb", connectivity="ns")
-    assert ns.nsrep_config["bn_init"] == "scaled"
+    assert ns.nsrep_config["bn_init"] == "auto"
     assert (ns.stages[0][0].conv1.branches[0].final_bn.weight == 0.25).all()  # 1/sqrt(4 branches x 4 streams)
-    plain = nsrep.create_model("resnet18", num_classes=5, width_mult=0.125)  # one pair: scaled == ones
-    assert all((g == 1).all() for u in _units(plain).values() for g in _final_gammas(u))
-    ones = _resnet18(family="dbb", bn_init="ones")
-    assert all((g == 1).all() for u in _units(ones).values() for g in _final_gammas(u))
+    assert (ns.stem.conv.branches[0].final_bn.weight == 0.5).all()  # the stem sees one stream: 1/sqrt(4)
+    for block_level in (_resnet18(family="dbb"), _resnet18(), _resnet18(family="dbb", bn_init="ones")):
+        assert all((g == 1).all() for u in _units(block_level).values() for g in _final_gammas(u))
+    scaled_block = _resnet18(family="dbb", bn_init="scaled")
+    for unit in _units(scaled_block).values():  # block level: P = K (4 for 3x3 DBB units, 2 for 1x1 ones)
+        assert all(torch.allclose(g, torch.full_like(g, unit.num_branches**-0.5)) for g in _final_gammas(unit))
     deployed = _resnet18(deploy=True, bn_init="zero-residual")
     assert not _units(deployed)
 
@@ -99,7 +101,7 @@ def test_folds_exactly_with_every_scheme_after_training(scheme, family, connecti
 
 
 def test_bad_scheme_names_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown bn_init 'zero'; valid: ones, scaled, zero-residual"):
+    with pytest.raises(ValueError, match=r"unknown bn_init 'zero'; valid: auto, ones, scaled, zero-residual"):
         nsrep.create_model("resnet18", bn_init="zero")
 
 

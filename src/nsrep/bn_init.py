@@ -5,6 +5,9 @@ branch-level one) starts with an aggregate up to P times a plain conv+BN's (√P
 K = S_in = 4 an NS unit's output starts 16× the plain network's, and a residual block adds that to its
 shortcut. These schemes change only starting values, never the structure, so folding stays exact:
 
+- ``auto`` (default): ``scaled`` on branch-level units (``ns``/``naive``), ``ones`` on block-level ones, whose
+  families' papers start at 1. Chosen from the CIFAR-10 runs in docs/results.md: ``scaled`` turned DBB-NS's
+  slow, erratic start into plain's, while on block-level DBB it cost accuracy.
 - ``ones``: every γ = 1 (torchvision's default and the authors' code).
 - ``scaled``: each branch's final γ = 1/√P, so the aggregate of uncorrelated pairs starts at the plain scale.
 - ``zero-residual``: final γ = 0 in every branch of the unit that ends a residual branch (torchvision's
@@ -23,8 +26,8 @@ from nsrep.validation import check_choice
 
 __all__ = ["BN_INITS", "DEFAULT_BN_INIT", "apply_bn_init", "pairs_in_aggregate"]
 
-BN_INITS = ("ones", "scaled", "zero-residual", "scaled-zero-residual")
-DEFAULT_BN_INIT = "scaled"  # chosen from the stability ablation (docs/results.md)
+BN_INITS = ("auto", "ones", "scaled", "zero-residual", "scaled-zero-residual")
+DEFAULT_BN_INIT = "auto"
 
 
 def pairs_in_aggregate(unit: nn.Module) -> int:
@@ -55,7 +58,7 @@ def apply_bn_init(model: nn.Module, scheme: str) -> nn.Module:
             continue
         if id(unit) in ending:
             gamma = 0.0
-        elif scheme.startswith("scaled"):
+        elif scheme.startswith("scaled") or (scheme == "auto" and unit.connectivity != "block"):
             gamma = 1.0 / math.sqrt(pairs_in_aggregate(unit))
         else:
             continue
