@@ -27,10 +27,9 @@ from tqdm import tqdm
 
 from nsrep.fileio import atomic_write
 from nsrep.models import create_model
-from nsrep.train.augment import build_transform
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe, parse_override
 from nsrep.train.data import load_data
-from nsrep.train.trainer import lr_factor, param_groups
+from nsrep.train.trainer import build_optimizer, lr_factor, pinned_threads, train_transform
 from nsrep.units import RepConv2d
 
 __all__ = ["StabilityTrace", "trace_stability"]
@@ -79,32 +78,21 @@ def _aggregate_std(output: Tensor) -> float:
 
 def trace_stability(config: TrainConfig, steps: int, *, label: str = "", progress: bool = True) -> StabilityTrace:
     """Train ``config`` for ``steps`` optimiser steps as the trainer would (same data, augmentation, optimiser,
-    warm-up and schedule over the configured epochs, clipping) and record the trace; single process, CPU."""
+    warm-up and schedule over the configured epochs, clipping) and record the trace; single process, CPU.
+    ``config.threads`` applies for the trace only, as in the trainer."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    with pinned_threads(config.threads):
+        return _trace(config, steps, label, progress)
+
+
+def _trace(config: TrainConfig, steps: int, label: str, progress: bool) -> StabilityTrace:
     data = load_data(config.data, **config.data_kwargs())
-    kind = config.augment or data.augment
-    transform = build_transform(
-        kind,
-        train=True,
-        image_size=data.image_size,
-        mean=data.mean,
-        std=data.std,
-        crop_padding=config.crop_padding,
-        hflip=config.hflip,
-        autoaugment=config.autoaugment,
-    )
+    transform = train_transform(config, data)
     torch.manual_seed(config.seed)
     model = create_model(**config.model_kwargs(), num_classes=data.num_classes, in_chans=data.in_chans)
     model.train()
-    optimizer = torch.optim.SGD(
-        param_groups(model, config.weight_decay, config.decay_norm_and_bias),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov and config.momentum > 0,
-    )
+    optimizer = build_optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(data.train, batch_size=config.batch_size, shuffle=True, drop_last=True, generator=generator)
     steps_per_epoch = len(loader)

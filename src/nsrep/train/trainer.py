@@ -15,7 +15,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,30 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """The recipe's SGD (Nesterov when asked and momentum > 0) over :func:`param_groups`."""
+    return torch.optim.SGD(
+        param_groups(model, config.weight_decay, config.decay_norm_and_bias),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+    )
+
+
+def train_transform(config: TrainConfig, data: ImageData) -> BatchTransform:
+    """The recipe's training augmentation for ``data`` (its default kind unless the config names one)."""
+    return build_transform(
+        config.augment or data.augment,
+        train=True,
+        image_size=data.image_size,
+        mean=data.mean,
+        std=data.std,
+        crop_padding=config.crop_padding,
+        hflip=config.hflip,
+        autoaugment=config.autoaugment,
+    )
 
 
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int, config: TrainConfig, steps_per_epoch: int) -> float:
@@ -381,15 +405,27 @@ def train(
     jobs; continue later with ``resume``). Under ``torchrun`` every rank calls this; rank 0 writes files.
     """
     run_dir = Path(run_dir) if run_dir is not None else None
-    threads = torch.get_num_threads()
     env = distributed.setup(config.device)
     try:
-        if config.threads is not None:  # results depend on the thread count: a recipe may pin it
-            torch.set_num_threads(config.threads)
-        return _train(config, run_dir, env, resume=resume, stop_after=stop_after)
+        with pinned_threads(config.threads):
+            return _train(config, run_dir, env, resume=resume, stop_after=stop_after)
     finally:
-        torch.set_num_threads(threads)  # the caller's setting is the caller's
         distributed.cleanup(env)
+
+
+@contextmanager
+def pinned_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads (None: leave them), then restore the caller's count.
+
+    Results depend on the thread count, so a recipe may pin it; the caller's setting is the caller's.
+    """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train(
@@ -401,9 +437,7 @@ def _train(
     data = load_data(config.data, **config.data_kwargs())
     kind = config.augment or data.augment
     aug = {"image_size": data.image_size, "mean": data.mean, "std": data.std}
-    train_tf = build_transform(
-        kind, train=True, crop_padding=config.crop_padding, hflip=config.hflip, autoaugment=config.autoaugment, **aug
-    )
+    train_tf = train_transform(config, data)
     eval_tf = build_transform(kind, train=False, **aug)
     train_loader, sampler, test_loader = _loaders(data, config, env)
 
@@ -411,12 +445,7 @@ def _train(
     model = create_model(**config.model_kwargs(), num_classes=data.num_classes, in_chans=data.in_chans)
     channels_last = _use(config.channels_last, env.device)
     model.to(env.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    optimizer = torch.optim.SGD(
-        param_groups(model, config.weight_decay, config.decay_norm_and_bias),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov and config.momentum > 0,
-    )
+    optimizer = build_optimizer(model, config)
     steps_per_epoch = len(train_loader) // config.grad_accum
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
