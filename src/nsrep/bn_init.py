@@ -7,7 +7,7 @@ shortcut. These schemes change only starting values, never the structure, so fol
 
 - ``auto`` (default): ``scaled`` on branch-level units (``ns``/``naive``), ``ones`` on block-level ones, whose
   families' papers start at 1. Chosen from the CIFAR-10 runs in docs/results.md: ``scaled`` turned DBB-NS's
-  slow, erratic start into plain's, while on block-level DBB it cost accuracy.
+  slow, erratic start into plain's, while on block-level DBB it made no difference (3 seeds).
 - ``ones``: every γ = 1 (torchvision's default and the authors' code).
 - ``scaled``: each branch's final γ = 1/√P, so the aggregate of uncorrelated pairs starts at the plain scale.
 - ``zero-residual``: final γ = 0 in every branch of the unit that ends a residual branch (torchvision's
