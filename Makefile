@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # pyproject is already satisfied and pip never pulls the multi-GB CUDA wheels.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test test-all lint clean
 
 $(VENV)/.stamp: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ venv: $(VENV)/.stamp
 demo: venv
 	$(VENV)/bin/nsrep demo
 
+# `make test` leaves out the cases marked slow (the deep networks' share of the fold matrix); CI runs it.
 test: venv
+	$(PY) -m pytest -m "not slow"
+
+test-all: venv
 	$(PY) -m pytest
 
 lint: venv

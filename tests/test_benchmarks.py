@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     "module,args",
     [
-        ("benchmarks.train_step", ["--arch", "resnet18", "--batch-size", "2", "--steps", "1", "--warmup", "0",
-                                   "--threads", "1", "--variants", "plain", "dbb-ns", "ns-ns reference"]),
+        ("benchmarks.train_step", ["--arch", "resnet18", "--width", "0.125", "--batch-size", "2", "--steps", "1",
+                                   "--warmup", "0", "--threads", "1",
+                                   "--variants", "plain", "dbb-ns", "ns-ns reference"]),
         ("benchmarks.inference", ["--arch", "mobilenet_v1", "--rounds", "1", "--calls", "1",
                                   "--throughput-batch", "2", "--threads", "1"]),
         ("benchmarks.reparam", ["--arch", "resnet18", "--families", "dbb", "--repeats", "1", "--threads", "1"]),

@@ -22,7 +22,26 @@ SMALL = {
     "mobilenet_v1": {"width_mult": 0.125},
 }
 CONNECTIVITIES = [("block", 1.0), ("ns", 1.0), ("ns", 0.0)]
+CONNECTIVITY_IDS = ["block", "ns-stoch1", "ns-stoch0"]
 NUM_CLASSES = 5
+FAST_ARCHS = ("resnet18", "mobilenet_v1")
+
+
+def _fold_matrix():
+    """Every architecture × family × connectivity; ``make test`` runs every case on the two small networks and,
+    on the deep ones, a Latin square (each deep network with every family, each family-connectivity pair on
+    at least one deep network); the rest is marked slow (``make test-all``)."""
+    deep = [a for a in sorted(SMALL) if a not in FAST_ARCHS]
+    cases = []
+    for (connectivity, stochastic), cid in zip(CONNECTIVITIES, CONNECTIVITY_IDS, strict=True):
+        for j, family in enumerate(nsrep.FAMILIES):
+            for arch in sorted(SMALL):
+                fast = arch in FAST_ARCHS or (deep.index(arch) + j + CONNECTIVITY_IDS.index(cid)) % 3 == 0
+                marks = () if fast else (pytest.mark.slow,)
+                cases.append(
+                    pytest.param(arch, family, connectivity, stochastic, marks=marks, id=f"{cid}-{family}-{arch}")
+                )
+    return cases
 
 
 def test_list_models():
@@ -33,9 +52,7 @@ def _input(size=8, batch=4):
     return lambda: torch.randn(batch, 3, size, size, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("arch", sorted(SMALL))
-@pytest.mark.parametrize("family", nsrep.FAMILIES)
-@pytest.mark.parametrize("connectivity,stochastic", CONNECTIVITIES, ids=["block", "ns-stoch1", "ns-stoch0"])
+@pytest.mark.parametrize("arch,family,connectivity,stochastic", _fold_matrix())
 def test_model_folds_exactly_and_loads_into_deploy_model(arch, family, connectivity, stochastic):
     options = {"num_classes": NUM_CLASSES, "stem": "cifar", **SMALL[arch]}
     model = nsrep.create_model(arch, family=family, connectivity=connectivity, stochastic=stochastic, **options)
@@ -51,7 +68,7 @@ def test_model_folds_exactly_and_loads_into_deploy_model(arch, family, connectiv
     assert not any(isinstance(m, nsrep.Foldable | nn.BatchNorm2d) for m in deployed.modules())
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v1"])
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow), "mobilenet_v1"])
 @pytest.mark.parametrize("family", ["dbb", "ns", "repvgg"])
 @pytest.mark.parametrize("stem_unit", [True, False])
 def test_imagenet_stem_and_plain_stem(arch, family, stem_unit):

@@ -146,19 +146,20 @@ def input_moments(x: Tensor, groups: int) -> InputMoments:
 
 
 class Branch(nn.Module):
-    """One parallel path of a unit. Subclasses implement ``forward`` and ``fold``.
+    """One parallel path of a unit. Subclasses implement ``forward`` and ``affine`` (what the branch folds to).
 
-    Branches that end in a BN may also give their *linear algebra* for the unit's fast path:
-    ``final_bn`` and ``pre_bn_affine``, the map before that BN as one k×k kernel in the unit's geometry.
+    Branches that end in a BN may also give their *linear algebra* for the unit's fast path: setting
+    ``final_bn`` declares that ``pre_bn_affine`` is implemented, the map before that BN as one k×k kernel in
+    the unit's geometry. A branch with ``final_bn = None`` runs its own layers.
     """
 
     geometry: ConvGeometry
-    final_bn: nn.BatchNorm2d | None = None  # the BN the branch ends with, if it has a pre-BN affine map
+    final_bn: nn.BatchNorm2d | None = None  # the BN the branch ends with; set only with pre_bn_affine
     needs_moments: bool = False  # pre_bn_affine uses the unit input's batch moments in training
 
-    def fold(self) -> tuple[Tensor, Tensor]:
+    def affine(self) -> tuple[Tensor, Tensor]:
         """Eval-mode affine map of the branch as ``(kernel (C_out, C_in/g, kh, kw), bias (C_out,))``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement affine()")
 
     def pre_bn_affine(self, moments: InputMoments | None) -> tuple[Tensor, Tensor | None]:
         """The map before ``final_bn`` as ``(k×k kernel, bias or None)``.
@@ -166,23 +167,12 @@ class Branch(nn.Module):
         ``moments`` are the unit input's batch moments (training: inner BNs normalise with the batch
         statistics they imply and update their running statistics); ``None`` means eval statistics.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} sets final_bn but does not implement pre_bn_affine()")
 
     def native_conv(self) -> tuple[Tensor, tuple[int, int], tuple[int, int]] | None:
         """``(kernel, padding, crop)`` of the branch's own smaller conv, when it has one (a 1×1 or 1×k branch):
         running it at its own size costs fewer multiply-adds than its zero-padded k×k kernel."""
         return None
-
-
-def _eval_affine(bn: nn.BatchNorm2d, where: str) -> tuple[Tensor, Tensor]:
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f"{where}: a BatchNorm without running statistics (track_running_stats=False) cannot fold")
-    return kernels.bn_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
-
-
-def _fuse(kernel: Tensor, bn: nn.BatchNorm2d, where: str) -> tuple[Tensor, Tensor]:
-    scale, shift = _eval_affine(bn, where)
-    return kernel * scale.reshape(-1, 1, 1, 1), shift
 
 
 class BNAndPad(nn.BatchNorm2d):
@@ -262,8 +252,8 @@ class ConvBN(Branch):
             return None
         return self.conv.weight, tuple(self.conv.padding), self.crop
 
-    def fold(self) -> tuple[Tensor, Tensor]:
-        kernel, bias = _fuse(self.conv.weight, self.bn, type(self).__name__)
+    def affine(self) -> tuple[Tensor, Tensor]:
+        kernel, bias = kernels.fuse_bn(self.conv.weight, self.bn, type(self).__name__)
         return kernels.pad_kernel_to(kernel, self.geometry.kernel_size), bias
 
 
@@ -288,9 +278,9 @@ class IdentityBN(Branch):
         g = self.geometry
         return kernels.identity_kernel(g.out_channels, g.groups, g.kernel_size, like=self.bn.weight), None
 
-    def fold(self) -> tuple[Tensor, Tensor]:
+    def affine(self) -> tuple[Tensor, Tensor]:
         g = self.geometry
-        scale, shift = _eval_affine(self.bn, type(self).__name__)
+        scale, shift = kernels.bn_eval_affine(self.bn, type(self).__name__)
         eye = kernels.identity_kernel(g.out_channels, g.groups, g.kernel_size, like=scale)
         return eye * scale.reshape(-1, 1, 1, 1), shift
 
@@ -322,7 +312,7 @@ class _OneByOneThen(Branch):
         return self.bn1(F.conv2d(x, self.kernel1(), groups=self.geometry.groups))
 
     def folded_front(self) -> tuple[Tensor, Tensor]:
-        return _fuse(self.kernel1(), self.bn1, type(self).__name__)
+        return kernels.fuse_bn(self.kernel1(), self.bn1, type(self).__name__)
 
     needs_moments = True
 
@@ -367,9 +357,9 @@ class ConvBNConvBN(_OneByOneThen):
     def forward(self, x: Tensor) -> Tensor:
         return self.bn2(self.conv2(self.front(x)))
 
-    def fold(self) -> tuple[Tensor, Tensor]:
+    def affine(self) -> tuple[Tensor, Tensor]:
         k1, b1 = self.folded_front()
-        k2, b2 = _fuse(self.conv2.weight, self.bn2, type(self).__name__)
+        k2, b2 = kernels.fuse_bn(self.conv2.weight, self.bn2, type(self).__name__)
         return kernels.compose_1x1_kxk(k1, b1, k2, b2, self.geometry.groups)
 
     def pre_bn_affine(self, moments: InputMoments | None) -> tuple[Tensor, Tensor | None]:
@@ -402,9 +392,9 @@ class ConvBNAvgBN(_OneByOneThen):
             y = F.conv2d(y, kernel, stride=g.stride, dilation=g.dilation, groups=g.out_channels)
         return self.bn2(y)
 
-    def fold(self) -> tuple[Tensor, Tensor]:
+    def affine(self) -> tuple[Tensor, Tensor]:
         k1, b1 = self.folded_front()
-        scale, shift = _eval_affine(self.bn2, type(self).__name__)
+        scale, shift = kernels.bn_eval_affine(self.bn2, type(self).__name__)
         avg = self._avg_kernel(k1) * scale.reshape(-1, 1, 1, 1)
         return kernels.compose_1x1_kxk(k1, b1, avg, shift, self.geometry.groups)
 

@@ -20,6 +20,7 @@ from nsrep.families import DEFAULT_NUM_BRANCHES, FAMILIES
 from nsrep.heads import HEADS, MLP_HEADS, REP_HEADS
 from nsrep.info import format_info, markdown_table, model_info
 from nsrep.models import list_models
+from nsrep.nn.unit import UnitConfig
 from nsrep.probe import DEFAULT_HEADS, EXAMPLE_DATASETS, SKLEARN_DATASETS, ProbeConfig
 from nsrep.train.config import list_recipes
 
@@ -319,11 +320,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments that pick one model variant (shared by commands that build a model)."""
     # Values are checked by the library, not argparse ``choices``, so errors name a close match too.
     parser.add_argument("arch", help=f"architecture: {', '.join(list_models())}")
-    parser.add_argument("--family", default="plain", help=f"unit family: {', '.join(FAMILIES)} (default: plain)")
+    unit = UnitConfig()
+    parser.add_argument(
+        "--family", default=unit.family, help=f"unit family: {', '.join(FAMILIES)} (default: {unit.family})"
+    )
     parser.add_argument(
         "--connectivity",
-        default="block",
-        help=f"how branches connect: {', '.join(CONNECTIVITIES)} (default: block)",
+        default=unit.connectivity,
+        help=f"how branches connect: {', '.join(CONNECTIVITIES)} (default: {unit.connectivity})",
     )
     parser.add_argument("--stem", default="cifar", help="cifar (3x3, stride 1) or imagenet (default: cifar)")
     parser.add_argument("--num-classes", type=int, default=100, help="classifier outputs (default: 100)")

@@ -26,7 +26,7 @@ def can_fuse(branches: Sequence[nn.Module]) -> bool:
     if not branches:
         return False
     for b in branches:
-        if not isinstance(b, Branch) or b.final_bn is None or type(b).pre_bn_affine is Branch.pre_bn_affine:
+        if not isinstance(b, Branch) or b.final_bn is None:
             return False
     bns = [b.final_bn for b in branches]
     first = bns[0]

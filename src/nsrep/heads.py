@@ -32,7 +32,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from nsrep.connectivity import CONNECTIVITIES
-from nsrep.guided import GUIDED_ACTIVATIONS, guided_activation, guided_feature_activation
+from nsrep.guided import ACTIVATION_NAMES, guided_activation, guided_feature_activation
 from nsrep.linear import DEFAULT_LINEAR_BRANCHES, RepLinear
 from nsrep.streams import Add, StreamAdd, StreamEntry, StreamSum
 from nsrep.validation import check_choice
@@ -130,7 +130,7 @@ def create_head(
     activation = "gelu" if activation is None else activation
     if not isinstance(expansion, int) or isinstance(expansion, bool) or expansion < 1:
         raise ValueError(f"expansion must be a positive int, got {expansion!r}")
-    check_choice("activation", activation, tuple(GUIDED_ACTIVATIONS))
+    check_choice("activation", activation, ACTIVATION_NAMES)
     config: dict[str, Any] = {"name": name, "in_features": in_features, "num_classes": num_classes}
     config |= {"expansion": expansion, "activation": activation}
     hidden = expansion * in_features

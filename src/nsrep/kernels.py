@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "avg_pool_kernel",
     "bn_affine",
+    "bn_eval_affine",
     "compose_1x1_kxk",
+    "fuse_bn",
     "fuse_conv_bn",
     "identity_kernel",
     "pad_kernel_to",
@@ -52,6 +54,24 @@ def fuse_conv_bn(
     fused_kernel = kernel * scale.reshape(-1, *([1] * (kernel.dim() - 1)))
     fused_bias = shift if conv_bias is None else shift + conv_bias * scale
     return fused_kernel, fused_bias
+
+
+def bn_eval_affine(bn: nn.modules.batchnorm._BatchNorm, where: str = "") -> tuple[Tensor, Tensor]:
+    """Eval-mode ``(scale, shift)`` of a BatchNorm module from its running statistics (1-d or 2-d alike)."""
+    if bn.running_mean is None or bn.running_var is None:
+        place = f"{where}: " if where else ""
+        raise ValueError(f"{place}a BatchNorm without running statistics (track_running_stats=False) cannot fold")
+    return bn_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+
+def fuse_bn(weight: Tensor, bn: nn.modules.batchnorm._BatchNorm, where: str = "") -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm module into the bias-free layer before it: ``(weight, bias)``.
+
+    weight: (C_out, ...) of a conv or a linear layer; the BN normalises its C_out outputs.
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        bn_eval_affine(bn, where)  # raises with the message naming the place
+    return fuse_conv_bn(weight, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
 
 
 def pad_kernel_to(kernel: Tensor, size: tuple[int, int]) -> Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,44 +18,27 @@ from torch import Tensor, nn
 
 from nsrep import connectivity as conn
 from nsrep.branches import Branch, ConvGeometry
-from nsrep.families import FAMILIES, build_branches, resolve_num_branches
-from nsrep.foldable import Foldable
+from nsrep.families import build_branches
 from nsrep.fused import can_fuse, fused_pair_outputs, interleave_groups, split_groups
+from nsrep.nn.unit import DEFAULT_MAX_STREAMS, RepUnit, UnitConfig, unit_config
 from nsrep.validation import check_choice
 
-__all__ = ["IMPLEMENTATIONS", "RepConv2d", "UnitConfig", "make_deploy_conv", "reference_copy", "set_implementation"]
+__all__ = [
+    "DEFAULT_MAX_STREAMS",
+    "IMPLEMENTATIONS",
+    "RepConv2d",
+    "UnitConfig",
+    "make_deploy_conv",
+    "reference_copy",
+    "set_implementation",
+]
 
-DEFAULT_MAX_STREAMS = 64
 # "fast": conv branches merged into one conv call + one BN per kernel shape, sequential branches composed
 # online (nsrep/fused.py); "fast-padded": every conv branch in one call with zero-padded k×k kernels (fewest
 # calls, more multiply-adds); "reference": every branch runs its own layers. Same outputs, same gradients.
 IMPLEMENTATIONS = ("fast", "fast-padded", "reference")
-
-
-@dataclass(frozen=True)
-class UnitConfig:
-    """What every unit of a network shares: which branches, how pairs connect, and the regularisers."""
-
-    family: str = "dbb"
-    connectivity: str = "block"
-    stochastic: float = 1.0  # probability that a training forward draws a fresh random partition (ns only)
-    pair_drop: float = 0.0  # drop-path rate on individual pairs, training only
-    num_branches: int | None = None  # K for mobileone / convK / ns 1×1 units; None = family default
-    max_streams: int = DEFAULT_MAX_STREAMS  # refuse networks whose stream count would pass this
-
-    def __post_init__(self) -> None:
-        check_choice("family", self.family, FAMILIES)
-        check_choice("connectivity", self.connectivity, conn.CONNECTIVITIES)
-        resolve_num_branches(self.family, self.num_branches)
-        if not 0.0 <= self.stochastic <= 1.0:
-            raise ValueError(f"stochastic must be a probability in [0, 1], got {self.stochastic}")
-        if not 0.0 <= self.pair_drop < 1.0:
-            raise ValueError(f"pair_drop must be in [0, 1), got {self.pair_drop}")
-        if self.max_streams < 1:
-            raise ValueError(f"max_streams must be >= 1, got {self.max_streams}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# RepConv2d's own default family when neither a UnitConfig nor a family is given
+DEFAULT_UNIT_FAMILY = "dbb"
 
 
 def make_deploy_conv(geometry: ConvGeometry) -> nn.Conv2d:
@@ -73,11 +56,14 @@ def make_deploy_conv(geometry: ConvGeometry) -> nn.Conv2d:
     )
 
 
-class RepConv2d(Foldable):
+class RepConv2d(RepUnit):
     """A re-parameterizable conv: branches of ``family`` joined by ``connectivity``; ``fold()`` -> ``nn.Conv2d``.
 
-    ``branches`` replaces the family's list with the caller's own modules (each must be a :class:`Branch`
-    to fold). Output streams: block 1, naive ``S_in*K``, ns ``K``.
+    Unit options come as one ``unit`` (a :class:`UnitConfig`, as the layer factory passes it) or as its fields
+    by keyword (``family``, ``connectivity``, ``stochastic``, ``pair_drop``, ``num_branches``, ``max_streams``;
+    ``family`` defaults to ``"dbb"`` here); keywords given beside ``unit`` override its fields. ``branches``
+    replaces the family's list with the caller's own modules (each must be a :class:`Branch` to fold). Output
+    streams: block 1, naive ``S_in*K``, ns ``K``.
     """
 
     def __init__(
@@ -90,48 +76,26 @@ class RepConv2d(Foldable):
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         *,
-        family: str = "dbb",
-        connectivity: str = "block",
+        unit: UnitConfig | None = None,
         in_streams: int = 1,
-        num_branches: int | None = None,
-        stochastic: float = 1.0,
-        pair_drop: float = 0.0,
-        max_streams: int = DEFAULT_MAX_STREAMS,
         branches: Sequence[nn.Module] | None = None,
+        **unit_options: Any,
     ) -> None:
-        super().__init__()
-        self.config = UnitConfig(family, connectivity, stochastic, pair_drop, num_branches, max_streams)
-        if in_streams < 1:
-            raise ValueError(f"in_streams must be >= 1, got {in_streams}")
-        self.geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        if unit is None:
+            unit_options.setdefault("family", DEFAULT_UNIT_FAMILY)
+        config = unit_config(unit, **unit_options)
+        geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if branches is None:
-            branches = build_branches(family, self.geometry, num_branches)
-        if len(branches) == 0:
-            raise ValueError("a unit needs at least one branch")
+            branches = build_branches(config.family, geometry, config.num_branches)
+        super().__init__(config, in_streams, len(branches))
+        self.geometry = geometry
         self.branches = nn.ModuleList(branches)
-        self.in_streams = in_streams
-        self.out_streams = conn.out_streams(connectivity, in_streams, len(self.branches))
         self.implementation = "fast"
         self._fold_cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
-        if self.out_streams > max_streams:
-            raise ValueError(
-                f"{connectivity!r} connectivity with {in_streams} input streams and {len(self.branches)} branches "
-                f"would emit {self.out_streams} streams, past max_streams={max_streams}; "
-                "use connectivity='ns' (constant stream count) or a smaller network"
-            )
 
     @property
     def num_branches(self) -> int:
         return len(self.branches)
-
-    @property
-    def connectivity(self) -> str:
-        return self.config.connectivity
-
-    @property
-    def bias_multiplier(self) -> int:
-        """How often each branch bias enters the aggregate: block sums the inputs first (1); ns/naive S_in."""
-        return 1 if self.connectivity == "block" else self.in_streams
 
     def forward(self, x: Tensor) -> Tensor:
         single = x.dim() == 4
@@ -214,7 +178,7 @@ class RepConv2d(Foldable):
             dtype = tensors[0].dtype
             result = torch.stack([f[0] for f in folded]).to(dtype), torch.stack([f[1] for f in folded]).to(dtype)
         else:  # keep the graph: gradients may be wanted through an eval forward
-            folded = [branch.fold() for branch in self.branches]
+            folded = [branch.affine() for branch in self.branches]
             result = torch.stack([f[0] for f in folded]), torch.stack([f[1] for f in folded])
         self._fold_cache = (key, result) if cacheable else None
         return result
@@ -247,25 +211,17 @@ class RepConv2d(Foldable):
 
     def _drop_mask(self, s: int, b: int, like: Tensor) -> Tensor | None:
         """(K, S, B, 1, 1, 1) pair-drop mask in training, None when off; both implementations draw it alike."""
-        if not self.training or self.config.pair_drop <= 0:
-            return None
-        return conn.pair_drop_mask((self.num_branches, s, b, 1, 1, 1), self.config.pair_drop, like)
-
-    def _draw_partition(self, s: int, device: torch.device) -> Tensor | None:
-        """A fresh random partition with probability ``stochastic`` in training, else None (fixed grouping)."""
-        if self.training and self.config.stochastic > 0 and torch.rand(()).item() < self.config.stochastic:
-            return conn.random_partition(self.num_branches, s, device=device)
-        return None
+        return self._pair_drop_mask((self.num_branches, s, b, 1, 1, 1), like)
 
     @torch.no_grad()
     def branch_folds(self) -> list[tuple[Tensor, Tensor]]:
         """Each branch's eval-mode ``(kernel, bias)``, computed in float64 and rounded once to the unit's dtype
         (the most accurate deploy weights a float32 or half-precision unit can have)."""
         for i, branch in enumerate(self.branches):
-            if not isinstance(branch, Branch) or type(branch).fold is Branch.fold:
+            if not isinstance(branch, Branch):
                 raise ValueError(
                     f"branch {i} ({type(branch).__name__}) of this {self.config.family!r} unit cannot fold: "
-                    "it is not an nsrep Branch with a fold() giving (kernel, bias)"
+                    "it is not an nsrep Branch with an affine() giving (kernel, bias)"
                 )
         dtype = next(self.branches.parameters()).dtype
         branches = self.branches
@@ -273,7 +229,12 @@ class RepConv2d(Foldable):
             branches = copy.deepcopy(branches).double()
         folds = []
         for i, branch in enumerate(branches):
-            kernel, bias = branch.fold()
+            try:
+                kernel, bias = branch.affine()
+            except NotImplementedError as error:
+                raise ValueError(
+                    f"branch {i} ({type(branch).__name__}) of this {self.config.family!r} unit cannot fold: {error}"
+                ) from None
             if kernel.shape != self._kernel_shape():
                 raise ValueError(
                     f"branch {i} ({type(branch).__name__}) folds to a kernel of shape {tuple(kernel.shape)}, "
@@ -282,27 +243,12 @@ class RepConv2d(Foldable):
             folds.append((kernel, bias))
         return folds
 
-    @torch.no_grad()
-    def fold_affine(self) -> tuple[Tensor, Tensor]:
-        """Eval-mode ``(kernel, bias)`` of the aggregate: ``sum_k W_k`` and ``bias_multiplier * sum_k b_k``."""
-        folds = self.branch_folds()
-        dtype = next(self.branches.parameters()).dtype
-        kernel = torch.stack([f[0] for f in folds]).sum(0)
-        bias = torch.stack([f[1] for f in folds]).sum(0) * self.bias_multiplier
-        return kernel.to(dtype), bias.to(dtype)
-
     def _kernel_shape(self) -> torch.Size:
         g = self.geometry
         return torch.Size((g.out_channels, g.in_channels // g.groups, *g.kernel_size))
 
-    def fold(self) -> nn.Conv2d:
-        """A new ``nn.Conv2d`` (with bias) computing this unit's aggregate in eval mode."""
-        kernel, bias = self.fold_affine()
-        conv = make_deploy_conv(self.geometry).to(device=kernel.device, dtype=kernel.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(kernel)
-            conv.bias.copy_(bias)
-        return conv
+    def deploy_module(self) -> nn.Conv2d:
+        return make_deploy_conv(self.geometry)
 
     def extra_repr(self) -> str:
         g = self.geometry

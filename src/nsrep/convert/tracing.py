@@ -49,21 +49,21 @@ from nsrep.convert.ops import (
 from nsrep.convert.report import Conversion, ConvertedConv
 from nsrep.convert.units import build_unit
 from nsrep.guided import (
+    ACTIVATIONS,
     GuidedActivation,
-    GuidedGELU,
-    GuidedHardswish,
-    GuidedLeakyReLU,
     GuidedMaxPool2d,
-    GuidedReLU,
-    GuidedReLU6,
-    GuidedSiLU,
+    activation_of_call,
+    activation_of_module,
+    guided_activation,
 )
 from nsrep.streams import StreamEntry, StreamSum
 from nsrep.units import UnitConfig
 
 __all__ = ["ConvertedModel", "rewrite", "trace"]
 
-GUIDED_SET = "ReLU, ReLU6, LeakyReLU, SiLU, GELU, Hardswish (Sigmoid/Hardsigmoid only as multiplicative gates)"
+GUIDED_SET = ", ".join(act.plain.__name__ for act in ACTIVATIONS.values()) + (
+    " (Sigmoid/Hardsigmoid only as multiplicative gates)"
+)
 
 
 class ConvertedModel(fx.GraphModule):
@@ -98,18 +98,6 @@ PLAIN = Plain()
 _RANK = {None: 0, "gate": 1, "forced": 2}
 
 # --- op tables ----------------------------------------------------------------------------------------------
-_ACT_FUNCTIONS = {
-    F.relu: "relu",
-    torch.relu: "relu",
-    F.relu_: "relu",
-    torch.relu_: "relu",
-    F.relu6: "relu6",
-    F.leaky_relu: "leaky_relu",
-    F.silu: "silu",
-    F.gelu: "gelu",
-    F.hardswish: "hardswish",
-}
-_ACT_METHODS = {"relu": "relu", "relu_": "relu"}
 _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
 _GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
 _ADD = {operator.add, operator.iadd, torch.add}
@@ -149,19 +137,15 @@ def _classify(node: fx.Node, module: nn.Module | None) -> str:
             nn.Dropout: "dropout",
             nn.Dropout2d: "dropout",
             nn.Identity: "pass",
-            nn.ReLU: "act",
-            nn.ReLU6: "act",
-            nn.LeakyReLU: "act",
-            nn.SiLU: "act",
-            nn.GELU: "act",
-            nn.Hardswish: "act",
             nn.Sigmoid: "gate",
             nn.Hardsigmoid: "gate",
         }
+        if activation_of_module(module) is not None:
+            return "act"
         return table.get(type(module), "other")
     target = node.target
     if node.op == "call_method":
-        if target in _ACT_METHODS:
+        if activation_of_call(target, method=True) is not None:
             return "act"
         if target == "sigmoid":
             return "gate"
@@ -184,7 +168,7 @@ def _classify(node: fx.Node, module: nn.Module | None) -> str:
         if target in _PASS_METHODS:
             return "pass"
         return "other"
-    if target in _ACT_FUNCTIONS:
+    if activation_of_call(target, method=False) is not None:
         return "act"
     if target in _GATE_FUNCTIONS:
         return "gate"
@@ -220,33 +204,16 @@ def _classify(node: fx.Node, module: nn.Module | None) -> str:
 def _guided(node: fx.Node, module: nn.Module | None) -> GuidedActivation | None:
     """The guided version of an activation call, or None when its arguments are not constants."""
     if module is not None:
-        kind = type(module)
-        slope, approximate = getattr(module, "negative_slope", 0.01), getattr(module, "approximate", "none")
-        name = {
-            nn.ReLU: "relu",
-            nn.ReLU6: "relu6",
-            nn.LeakyReLU: "leaky_relu",
-            nn.SiLU: "silu",
-            nn.GELU: "gelu",
-            nn.Hardswish: "hardswish",
-        }[kind]
+        name = activation_of_module(module)
+        option = ACTIVATIONS[name].option
+        options = {} if option is None else {option: getattr(module, option)}
     else:
-        name = _ACT_METHODS[node.target] if node.op == "call_method" else _ACT_FUNCTIONS[node.target]
-        slope = _arg(node, 1, "negative_slope", 0.01)
-        approximate = _arg(node, 1, "approximate", "none")
-        if not (_constant(slope) and _constant(approximate)):
+        name = activation_of_call(node.target, method=node.op == "call_method")
+        act = ACTIVATIONS[name]
+        options = {} if act.option is None else {act.option: _arg(node, 1, act.option, act.option_default)}
+        if not all(_constant(v) for v in options.values()):
             return None
-    if name == "relu":
-        return GuidedReLU()
-    if name == "relu6":
-        return GuidedReLU6()
-    if name == "leaky_relu":
-        return GuidedLeakyReLU(slope)
-    if name == "silu":
-        return GuidedSiLU()
-    if name == "gelu":
-        return GuidedGELU(approximate)
-    return GuidedHardswish()
+    return guided_activation(name, **options)
 
 
 class _Rewriter:

@@ -46,8 +46,8 @@ def build_unit(
             _padding(conv, name),
             conv.dilation,
             conv.groups,
+            unit=config,
             in_streams=in_streams,
-            **config.to_dict(),
         )
     except ValueError as err:
         raise ValueError(f"cannot convert conv {name!r} ({conv}) into a {config.family!r} unit: {err}") from err

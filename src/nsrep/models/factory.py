@@ -9,21 +9,11 @@ from dataclasses import dataclass, field, replace
 from torch import nn
 
 from nsrep.branches import ConvGeometry
-from nsrep.guided import GUIDED_ACTIVATIONS, GuidedMaxPool2d
+from nsrep.guided import GuidedMaxPool2d, guided_activation, plain_activation
 from nsrep.streams import Add, StreamAdd, StreamEntry, StreamSum
 from nsrep.units import RepConv2d, UnitConfig, make_deploy_conv
-from nsrep.validation import check_choice
 
 __all__ = ["LayerFactory"]
-
-_PLAIN_ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "relu6": nn.ReLU6,
-    "leaky_relu": nn.LeakyReLU,
-    "silu": nn.SiLU,
-    "gelu": nn.GELU,
-    "hardswish": nn.Hardswish,
-}
 
 
 @dataclass(frozen=True)
@@ -53,7 +43,6 @@ class LayerFactory:
         if self.deploy:
             geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
             return make_deploy_conv(geometry)
-        u = self.unit
         return RepConv2d(
             in_channels,
             out_channels,
@@ -62,13 +51,12 @@ class LayerFactory:
             padding,
             dilation,
             groups,
+            unit=self.unit,
             in_streams=streams,
-            **u.to_dict(),
         )
 
     def act(self, name: str = "relu") -> nn.Module:
-        check_choice("activation", name, tuple(GUIDED_ACTIVATIONS))
-        return _PLAIN_ACTIVATIONS[name]() if self.deploy else GUIDED_ACTIVATIONS[name]()
+        return plain_activation(name) if self.deploy else guided_activation(name)
 
     def max_pool(self, kernel_size: int, stride: int, padding: int = 0) -> nn.Module:
         if self.deploy:

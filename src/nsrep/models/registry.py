@@ -13,7 +13,7 @@ from torch import nn
 
 from nsrep.bn_init import BN_INITS, DEFAULT_BN_INIT, apply_bn_init
 from nsrep.models.factory import LayerFactory
-from nsrep.units import DEFAULT_MAX_STREAMS, UnitConfig
+from nsrep.nn.unit import UnitConfig, unit_config
 from nsrep.validation import check_choice
 
 __all__ = ["create_model", "list_models", "register_model"]
@@ -48,27 +48,39 @@ def model_options(arch: str) -> tuple[str, ...]:
 def create_model(
     arch: str,
     *,
-    family: str = "plain",
-    connectivity: str = "block",
-    stochastic: float = 1.0,
-    pair_drop: float = 0.0,
+    unit: UnitConfig | None = None,
+    family: str | None = None,
+    connectivity: str | None = None,
+    stochastic: float | None = None,
+    pair_drop: float | None = None,
     num_branches: int | None = None,
-    max_streams: int = DEFAULT_MAX_STREAMS,
+    max_streams: int | None = None,
     bn_init: str = DEFAULT_BN_INIT,
     deploy: bool = False,
     **options: Any,
 ) -> nn.Module:
     """Build ``arch`` with units of ``family`` joined by ``connectivity`` (or its fused plain form, ``deploy``).
 
-    ``options`` are the architecture's own keywords (``num_classes``, ``stem``, ``width_mult``, ...; see
-    :func:`model_options`). ``bn_init`` sets where the units' BN scales start (nsrep.bn_init.BN_INITS; the
-    training form only). The returned model carries ``nsrep_config``, the keywords that rebuild it.
+    Unit options come as one ``unit`` (a :class:`~nsrep.UnitConfig`) or as its fields by keyword (``family``
+    "plain", ``connectivity`` "block", ...; see UnitConfig for the defaults); keywords given beside ``unit``
+    override its fields. ``options`` are the architecture's own keywords (``num_classes``, ``stem``,
+    ``width_mult``, ...; see :func:`model_options`). ``bn_init`` sets where the units' BN scales start
+    (nsrep.bn_init.BN_INITS; the training form only). The returned model carries ``nsrep_config``, the
+    keywords that rebuild it.
     """
     check_choice("architecture", arch, list_models())
     builder, accepted = _REGISTRY[arch]
     for key in options:
         check_choice(f"option for {arch}", key, accepted)
-    unit = UnitConfig(family, connectivity, stochastic, pair_drop, num_branches, max_streams)
+    unit = unit_config(
+        unit,
+        family=family,
+        connectivity=connectivity,
+        stochastic=stochastic,
+        pair_drop=pair_drop,
+        num_branches=num_branches,
+        max_streams=max_streams,
+    )
     check_choice("bn_init", bn_init, BN_INITS)
     model = builder(layers=LayerFactory(unit, deploy=deploy), **options)
     apply_bn_init(model, bn_init)

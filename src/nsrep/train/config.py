@@ -19,10 +19,9 @@ from typing import Any
 import yaml
 
 from nsrep.bn_init import BN_INITS, DEFAULT_BN_INIT
-from nsrep.connectivity import CONNECTIVITIES
-from nsrep.families import FAMILIES, resolve_num_branches
 from nsrep.models import list_models
 from nsrep.models.common import MEMORY_MODES, STEMS
+from nsrep.nn.unit import UnitConfig
 from nsrep.train.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from nsrep.train.distributed import DEVICES
 from nsrep.validation import check_choice
@@ -40,6 +39,8 @@ __all__ = [
 RECIPE_DIR = Path(__file__).with_name("recipes")
 SCHEDULES = ("cosine", "step", "constant")
 AUTO_OR_BOOL = ("auto", True, False)
+# The UnitConfig fields a run sets (max_streams keeps its default: the built-in networks stay far below it)
+_UNIT_FIELDS = ("family", "connectivity", "stochastic", "pair_drop", "num_branches")
 # Fields that only change how a run executes, not what it computes: a resumed run may change them.
 EXECUTION_FIELDS = frozenset({"workers", "threads", "log_every", "progress"})
 
@@ -50,11 +51,12 @@ class TrainConfig:
 
     # model (nsrep.create_model keywords; num_classes and in_chans come from the data)
     arch: str = "resnet18"
-    family: str = "plain"
-    connectivity: str = "block"
-    stochastic: float = 1.0
-    pair_drop: float = 0.0
-    num_branches: int | None = None
+    # unit options: the fields of nsrep.UnitConfig (declared and checked there), flat for recipes and --set
+    family: str = UnitConfig.family
+    connectivity: str = UnitConfig.connectivity
+    stochastic: float = UnitConfig.stochastic
+    pair_drop: float = UnitConfig.pair_drop
+    num_branches: int | None = UnitConfig.num_branches
     width_mult: float = 1.0
     stem: str = "cifar"
     stem_unit: bool = True
@@ -100,13 +102,11 @@ class TrainConfig:
         self.step_milestones = tuple(self.step_milestones)
         check_choice("architecture", self.arch, list_models())
         check_choice("stem", self.stem, STEMS)
-        check_choice("family", self.family, FAMILIES)
-        check_choice("connectivity", self.connectivity, CONNECTIVITIES)
         check_choice("memory mode", self.memory, MEMORY_MODES)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("device", self.device, DEVICES)
         check_choice("bn_init", self.bn_init, BN_INITS)
-        resolve_num_branches(self.family, self.num_branches)
+        self.unit_config()  # checks the unit options
         for name in ("amp", "channels_last"):
             if getattr(self, name) not in AUTO_OR_BOOL:
                 raise ValueError(f"{name} must be auto, true or false, got {getattr(self, name)!r}")
@@ -150,15 +150,15 @@ class TrainConfig:
         """Build from a mapping, refusing unknown keys (with the closest valid key) and ill-typed values."""
         return apply_overrides(cls(), values, source=source)
 
+    def unit_config(self) -> UnitConfig:
+        """The run's unit options as the one typed :class:`~nsrep.UnitConfig`."""
+        return UnitConfig(**{name: getattr(self, name) for name in _UNIT_FIELDS})
+
     def model_kwargs(self) -> dict[str, Any]:
         """The ``nsrep.create_model`` keywords of this run's model (data-dependent ones excluded)."""
         return {
             "arch": self.arch,
-            "family": self.family,
-            "connectivity": self.connectivity,
-            "stochastic": self.stochastic,
-            "pair_drop": self.pair_drop,
-            "num_branches": self.num_branches,
+            **{name: getattr(self, name) for name in _UNIT_FIELDS},
             "width_mult": self.width_mult,
             "stem": self.stem,
             "stem_unit": self.stem_unit,
