@@ -286,7 +286,7 @@ def quantize_deployed(
     out: str | os.PathLike,
     *,
     calib: int = 512,
-    method: str = "percentile",
+    method: str = "minmax",
     keep_float: int = 2,
     data: str | None = None,
     eval_images: int | None = None,
