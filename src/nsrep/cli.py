@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nsrep.connectivity import CONNECTIVITIES
-from nsrep.families import DEFAULT_NUM_BRANCHES, FAMILIES
+from nsrep.families import ALL_FAMILIES, DEFAULT_NUM_BRANCHES
 from nsrep.heads import HEADS, MLP_HEADS, REP_HEADS
 from nsrep.info import format_info, markdown_table, model_info
 from nsrep.models import list_models
@@ -354,7 +354,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments that pick one model variant (shared by commands that build a model)."""
     # Values are checked by the library, not argparse ``choices``, so errors name a close match too.
     parser.add_argument("arch", help=f"architecture: {', '.join(list_models())}")
-    parser.add_argument("--family", default="plain", help=f"unit family: {', '.join(FAMILIES)} (default: plain)")
+    parser.add_argument("--family", default="plain", help=f"unit family: {', '.join(ALL_FAMILIES)} (default: plain)")
     parser.add_argument(
         "--connectivity",
         default="block",
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", help="digits, synthetic, a CIFAR python folder or an ImageNet-style folder")
     p.add_argument("--arch", help=f"architecture: {', '.join(list_models())}")
-    p.add_argument("--family", help=f"unit family: {', '.join(FAMILIES)}")
+    p.add_argument("--family", help=f"unit family: {', '.join(ALL_FAMILIES)}")
     p.add_argument("--connectivity", help=f"how branches connect: {', '.join(CONNECTIVITIES)}")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (split over ranks and accumulation steps)")

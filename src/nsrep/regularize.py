@@ -34,7 +34,10 @@ def equivalent_kernels(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """
     for name, module in model.named_modules():
         if isinstance(module, RepConv2d):
-            yield name, sum(branch.fold()[0] for branch in module.branches)
+            if hasattr(module, "equivalent_kernel"):  # QA units: times the scale of their BN after the sum
+                yield name, module.equivalent_kernel()
+            else:
+                yield name, sum(branch.fold()[0] for branch in module.branches)
 
 
 def equivalent_kernel_l2(model: nn.Module) -> Tensor:

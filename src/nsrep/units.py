@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from nsrep import connectivity as conn
 from nsrep.branches import Branch, ConvGeometry
-from nsrep.families import FAMILIES, build_branches, resolve_num_branches
+from nsrep.families import ALL_FAMILIES, QA_FAMILIES, build_branches, resolve_num_branches
 from nsrep.foldable import Foldable
 from nsrep.fused import can_fuse, fused_pair_outputs, interleave_groups, split_groups
 from nsrep.validation import check_choice
@@ -44,7 +44,7 @@ class UnitConfig:
     max_streams: int = DEFAULT_MAX_STREAMS  # refuse networks whose stream count would pass this
 
     def __post_init__(self) -> None:
-        check_choice("family", self.family, FAMILIES)
+        check_choice("family", self.family, ALL_FAMILIES)
         check_choice("connectivity", self.connectivity, conn.CONNECTIVITIES)
         resolve_num_branches(self.family, self.num_branches)
         if not 0.0 <= self.stochastic <= 1.0:
@@ -101,6 +101,8 @@ class RepConv2d(Foldable):
     ) -> None:
         super().__init__()
         self.config = UnitConfig(family, connectivity, stochastic, pair_drop, num_branches, max_streams)
+        if family in QA_FAMILIES and not hasattr(self, "post_affine"):  # their BN after the sum lives there
+            raise ValueError(f"family {family!r} units are nsrep.qa.QARepConv2d, not RepConv2d")
         if in_streams < 1:
             raise ValueError(f"in_streams must be >= 1, got {in_streams}")
         self.geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)

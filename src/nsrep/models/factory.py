@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from torch import nn
 
 from nsrep.branches import ConvGeometry
+from nsrep.families import QA_FAMILIES
 from nsrep.guided import GUIDED_ACTIVATIONS, GuidedMaxPool2d
 from nsrep.streams import Add, StreamAdd, StreamEntry, StreamSum
 from nsrep.units import RepConv2d, UnitConfig, make_deploy_conv
@@ -54,7 +55,10 @@ class LayerFactory:
             geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
             return make_deploy_conv(geometry)
         u = self.unit
-        return RepConv2d(
+        unit_class = RepConv2d
+        if u.family in QA_FAMILIES:
+            from nsrep.qa import QARepConv2d as unit_class
+        return unit_class(
             in_channels,
             out_channels,
             kernel_size,

@@ -20,7 +20,7 @@ import yaml
 
 from nsrep.bn_init import BN_INITS, DEFAULT_BN_INIT
 from nsrep.connectivity import CONNECTIVITIES
-from nsrep.families import FAMILIES, resolve_num_branches
+from nsrep.families import ALL_FAMILIES, resolve_num_branches
 from nsrep.models import list_models
 from nsrep.models.common import MEMORY_MODES, STEMS
 from nsrep.regularize import DECAY_MODES
@@ -102,7 +102,7 @@ class TrainConfig:
         self.step_milestones = tuple(self.step_milestones)
         check_choice("architecture", self.arch, list_models())
         check_choice("stem", self.stem, STEMS)
-        check_choice("family", self.family, FAMILIES)
+        check_choice("family", self.family, ALL_FAMILIES)
         check_choice("connectivity", self.connectivity, CONNECTIVITIES)
         check_choice("memory mode", self.memory, MEMORY_MODES)
         check_choice("schedule", self.schedule, SCHEDULES)
