@@ -3,7 +3,7 @@
 A subcommand is registered in :func:`build_parser` with arguments whose ``dest`` names are the function's
 parameters; :func:`main` parses, then calls the function with them. User errors (``ValueError``: an unknown
 architecture, family, connectivity, ...) print ``nsrep: error: ...`` and exit with status 2, no traceback.
-Commands: ``info``, ``train``, ``eval``, ``deploy``, ``export``, ``demo``, ``probe``, ``features``.
+Commands: ``info``, ``train``, ``eval``, ``deploy``, ``export``, ``quantize``, ``demo``, ``probe``, ``features``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nsrep.connectivity import CONNECTIVITIES
-from nsrep.families import DEFAULT_NUM_BRANCHES, FAMILIES
+from nsrep.families import ALL_FAMILIES, DEFAULT_NUM_BRANCHES
 from nsrep.heads import HEADS, MLP_HEADS, REP_HEADS
 from nsrep.info import format_info, markdown_table, model_info
 from nsrep.models import list_models
@@ -35,6 +35,7 @@ __all__ = [
     "info",
     "main",
     "probe",
+    "quantize",
     "train",
 ]
 
@@ -163,6 +164,40 @@ def export(model_dir: str, *, onnx: bool = False, torchscript: bool = False) -> 
     if torchscript:
         path, error = export_torchscript(model_dir)
         print(f"TorchScript: {path} (vs eager: max rel error {error:.2e})")
+
+
+def quantize(
+    model_dir: str,
+    *,
+    out: str,
+    calib: int = 512,
+    method: str = "minmax",
+    keep_float: int = 2,
+    data: str | None = None,
+    eval_images: int | None = None,
+    threads: int = 1,
+    no_latency: bool = False,
+) -> None:
+    """INT8 post-training quantization of a deploy folder with ONNX Runtime; accuracy, per-layer SQNR, latency.
+
+    Writes model.fp32.onnx, model.int8.onnx (and one keeping the worst layers in float), report.md/json,
+    layers.csv and quantization.png to OUT, a new folder (see docs/quantization.md).
+    """
+    from nsrep.quantize import format_report, quantize_deployed
+
+    report = quantize_deployed(
+        model_dir,
+        out,
+        calib=calib,
+        method=method,
+        keep_float=keep_float,
+        data=data,
+        eval_images=eval_images,
+        threads=threads,
+        latency_runs={} if no_latency else None,
+    )
+    print(format_report(report))
+    print(f"written: {out}")
 
 
 def demo(*, out: str = "runs/demo", epochs: int | None = None, fresh: bool = False) -> None:
@@ -322,7 +357,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("arch", help=f"architecture: {', '.join(list_models())}")
     unit = UnitConfig()
     parser.add_argument(
-        "--family", default=unit.family, help=f"unit family: {', '.join(FAMILIES)} (default: {unit.family})"
+        "--family", default=unit.family, help=f"unit family: {', '.join(ALL_FAMILIES)} (default: {unit.family})"
     )
     parser.add_argument(
         "--connectivity",
@@ -366,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", help="digits, synthetic, a CIFAR python folder or an ImageNet-style folder")
     p.add_argument("--arch", help=f"architecture: {', '.join(list_models())}")
-    p.add_argument("--family", help=f"unit family: {', '.join(FAMILIES)}")
+    p.add_argument("--family", help=f"unit family: {', '.join(ALL_FAMILIES)}")
     p.add_argument("--connectivity", help=f"how branches connect: {', '.join(CONNECTIVITIES)}")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (split over ranks and accumulation steps)")
@@ -396,6 +431,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="a deploy folder (from nsrep train or nsrep deploy)")
     p.add_argument("--onnx", action="store_true", help="write model.onnx and check it with onnxruntime")
     p.add_argument("--torchscript", action="store_true", help="write model.torchscript.pt")
+
+    p = _add_command(subparsers, quantize)
+    p.add_argument("model_dir", help="a deploy folder, or a finished run folder (its deploy/)")
+    p.add_argument("--out", required=True, help="new folder for the ONNX models and the report")
+    p.add_argument("--calib", type=int, default=512, metavar="N", help="training images to calibrate on (default: 512)")
+    p.add_argument(
+        "--method",
+        default="minmax",
+        help="activation range calibration: minmax (default; measured best here), entropy, percentile (99.99th)",
+    )
+    p.add_argument(
+        "--keep-float",
+        type=int,
+        default=2,
+        metavar="K",
+        help="also write a model keeping the K layers of lowest SQNR in float (default: 2; 0: none)",
+    )
+    p.add_argument("--data", help="data to calibrate and evaluate on (default: the data the run was trained on)")
+    p.add_argument("--eval-images", type=int, help="held-out images to evaluate (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default: 1)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
 
     p = _add_command(subparsers, demo)
     p.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")

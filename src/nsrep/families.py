@@ -11,7 +11,7 @@ from collections.abc import Callable
 from nsrep.branches import Branch, ConvBN, ConvBNAvgBN, ConvBNConvBN, ConvGeometry, IdentityBN
 from nsrep.validation import check_choice
 
-__all__ = ["DEFAULT_NUM_BRANCHES", "FAMILIES", "build_branches", "resolve_num_branches"]
+__all__ = ["ALL_FAMILIES", "DEFAULT_NUM_BRANCHES", "FAMILIES", "QA_FAMILIES", "build_branches", "resolve_num_branches"]
 
 FamilyBuilder = Callable[[ConvGeometry, int], list[Branch]]
 
@@ -98,11 +98,21 @@ FAMILY_BUILDERS: dict[str, FamilyBuilder] = {
     "ns": _ns,
 }
 FAMILIES: tuple[str, ...] = tuple(FAMILY_BUILDERS)
+# Quantization-aware variants (nsrep.qa, units built by QARepConv2d): a family's branches with only the first
+# branch's final BN kept, plus one BN after the sum. QA family -> the family whose branches it keeps.
+QA_FAMILIES = {"qarepvgg": "repvgg", "qadbb": "dbb"}
+ALL_FAMILIES: tuple[str, ...] = FAMILIES + tuple(QA_FAMILIES)
+
+
+def _qa_branches(family: str, g: ConvGeometry, k: int) -> list[Branch]:
+    from nsrep.qa import strip_final_norms  # nsrep.qa builds on units, which import this module
+
+    return strip_final_norms(FAMILY_BUILDERS[QA_FAMILIES[family]](g, k))
 
 
 def resolve_num_branches(family: str, num_branches: int | None) -> int:
     """The K a family uses: the user's value where the family takes one, its default otherwise."""
-    check_choice("family", family, FAMILIES)
+    check_choice("family", family, ALL_FAMILIES)
     if num_branches is None:
         return DEFAULT_NUM_BRANCHES.get(family, 1)
     if family not in DEFAULT_NUM_BRANCHES:
@@ -118,4 +128,6 @@ def resolve_num_branches(family: str, num_branches: int | None) -> int:
 def build_branches(family: str, geometry: ConvGeometry, num_branches: int | None = None) -> list[Branch]:
     """The branches of a ``family`` unit for ``geometry`` (K from ``num_branches`` or the family default)."""
     k = resolve_num_branches(family, num_branches)
+    if family in QA_FAMILIES:
+        return _qa_branches(family, geometry, k)
     return FAMILY_BUILDERS[family](geometry, k)

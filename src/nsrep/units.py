@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from nsrep import connectivity as conn
 from nsrep.branches import Branch, ConvGeometry
-from nsrep.families import build_branches
+from nsrep.families import QA_FAMILIES, build_branches
 from nsrep.fused import can_fuse, fused_pair_outputs, interleave_groups, split_groups
 from nsrep.nn.unit import DEFAULT_MAX_STREAMS, RepUnit, UnitConfig, unit_config
 from nsrep.validation import check_choice
@@ -84,6 +84,8 @@ class RepConv2d(RepUnit):
         if unit is None:
             unit_options.setdefault("family", DEFAULT_UNIT_FAMILY)
         config = unit_config(unit, **unit_options)
+        if config.family in QA_FAMILIES and not hasattr(self, "post_affine"):  # their BN after the sum lives there
+            raise ValueError(f"family {config.family!r} units are nsrep.qa.QARepConv2d, not RepConv2d")
         geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if branches is None:
             branches = build_branches(config.family, geometry, config.num_branches)
@@ -242,6 +244,11 @@ class RepConv2d(RepUnit):
                 )
             folds.append((kernel, bias))
         return folds
+
+    def equivalent_kernel(self) -> Tensor:
+        """The deployed conv's kernel ``sum_k W_k`` in the unit's dtype, differentiable w.r.t. the branches
+        (running BN statistics): what equivalent-kernel weight decay penalises (nsrep.regularize)."""
+        return sum(branch.affine()[0] for branch in self.branches)
 
     def _kernel_shape(self) -> torch.Size:
         g = self.geometry

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from torch import nn
 
 from nsrep.branches import ConvGeometry
+from nsrep.families import QA_FAMILIES
 from nsrep.guided import GuidedMaxPool2d, guided_activation, plain_activation
 from nsrep.streams import Add, StreamAdd, StreamEntry, StreamSum
 from nsrep.units import RepConv2d, UnitConfig, make_deploy_conv
@@ -43,7 +44,10 @@ class LayerFactory:
         if self.deploy:
             geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
             return make_deploy_conv(geometry)
-        return RepConv2d(
+        unit_class = RepConv2d
+        if self.unit.family in QA_FAMILIES:  # their BN after the sum needs the QA unit class
+            from nsrep.qa import QARepConv2d as unit_class
+        return unit_class(
             in_channels,
             out_channels,
             kernel_size,

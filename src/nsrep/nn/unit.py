@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from nsrep import connectivity as conn
-from nsrep.families import FAMILIES, resolve_num_branches
+from nsrep.families import ALL_FAMILIES, resolve_num_branches
 from nsrep.foldable import Foldable
 from nsrep.validation import check_choice
 
@@ -41,7 +41,7 @@ class UnitConfig:
     max_streams: int = DEFAULT_MAX_STREAMS  # refuse networks whose stream count would pass this
 
     def __post_init__(self) -> None:
-        check_choice("family", self.family, FAMILIES)
+        check_choice("family", self.family, ALL_FAMILIES)
         check_choice("connectivity", self.connectivity, conn.CONNECTIVITIES)
         if self.num_branches is not None and (
             not isinstance(self.num_branches, int) or isinstance(self.num_branches, bool)

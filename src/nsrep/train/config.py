@@ -22,6 +22,7 @@ from nsrep.bn_init import BN_INITS, DEFAULT_BN_INIT
 from nsrep.models import list_models
 from nsrep.models.common import MEMORY_MODES, STEMS
 from nsrep.nn.unit import UnitConfig
+from nsrep.regularize import DECAY_MODES
 from nsrep.train.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from nsrep.train.distributed import DEVICES
 from nsrep.validation import check_choice
@@ -83,6 +84,7 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = False  # False: no weight decay on BN parameters and biases (1-D tensors)
+    weight_decay_mode: str = "branches"  # "equivalent": decay each unit's folded kernel (nsrep.regularize)
     schedule: str = "cosine"
     warmup_epochs: float = 5.0
     min_lr: float = 0.0
@@ -106,6 +108,7 @@ class TrainConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("device", self.device, DEVICES)
         check_choice("bn_init", self.bn_init, BN_INITS)
+        check_choice("weight_decay_mode", self.weight_decay_mode, DECAY_MODES)
         self.unit_config()  # checks the unit options
         for name in ("amp", "channels_last"):
             if getattr(self, name) not in AUTO_OR_BOOL:

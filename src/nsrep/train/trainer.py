@@ -14,7 +14,7 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from nsrep.export import save_deployed
 from nsrep.fileio import atomic_write, write_json
 from nsrep.info import count_parameters
 from nsrep.models import create_model
+from nsrep.regularize import equivalent_kernel_l2, unit_parameter_ids
 from nsrep.reparam import reparameterize, unwrap_model, verify_equivalence
 from nsrep.train import distributed
 from nsrep.train.augment import BatchTransform, build_transform
@@ -94,12 +95,15 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------ optimisation
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights only (tensors with >1 dim) unless ``decay_norm_and_bias``."""
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_norm_and_bias: bool, exclude: Collection[int] = ()
+) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights only (tensors with >1 dim) unless ``decay_norm_and_bias``;
+    none on the parameters whose ``id`` is in ``exclude`` (decayed through their folded kernel instead)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim > 1 or decay_norm_and_bias else no_decay).append(p)
+            (decay if (p.ndim > 1 or decay_norm_and_bias) and id(p) not in exclude else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -109,7 +113,12 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
     """The recipe's SGD (Nesterov when asked and momentum > 0) over :func:`param_groups`."""
     return torch.optim.SGD(
-        param_groups(model, config.weight_decay, config.decay_norm_and_bias),
+        param_groups(
+            model,
+            config.weight_decay,
+            config.decay_norm_and_bias,
+            unit_parameter_ids(model, config.weight_decay_mode),
+        ),
         lr=config.lr,
         momentum=config.momentum,
         nesterov=config.nesterov and config.momentum > 0,
@@ -458,6 +467,7 @@ def _train(
     autocast, amp_dtype = _autocast_factory(_use(config.amp, env.device), env.device)
     scaler = torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    decay_folded = config.weight_decay_mode == "equivalent" and config.weight_decay > 0
 
     metrics: list[dict[str, Any]] = []
     start_epoch = 0
@@ -515,7 +525,10 @@ def _train(
                 with autocast():
                     logits = ddp(x)
                     loss = criterion(logits.float(), labels)
-                scaler.scale(loss / config.grad_accum).backward()
+                # the equivalent-kernel decay is a loss term (SGD's decay is wd * w, i.e. wd/2 ||w||²);
+                # metrics keep the data loss alone
+                penalty = 0.5 * config.weight_decay * equivalent_kernel_l2(model) if decay_folded else 0.0
+                scaler.scale((loss + penalty) / config.grad_accum).backward()
             loss_sum += loss.detach() * labels.numel()
             step_loss = (step_loss if micro else 0) + loss.detach() / config.grad_accum
             hits += (logits.detach().argmax(1) == labels).sum()
