@@ -400,3 +400,56 @@ def test_torchvision_models(name):
     eq = nsrep.verify_equivalence(set_implementation(copy.deepcopy(converted), "reference"), folded, x)
     assert eq.max_rel_error <= F32_TOL
     models.get_model(name, num_classes=NUM_CLASSES).load_state_dict(folded.state_dict(), strict=True)
+
+
+class TinyUNet(nn.Module):
+    """A user's segmentation network: encoder-decoder with skip connections, channel concatenation, learned
+    (ConvTranspose2d) and fixed (nn.Upsample, F.interpolate) upsampling, per-pixel logits."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.enc1 = nn.Sequential(Conv2dNormActivation(3, 6), Conv2dNormActivation(6, 6))
+        self.enc2 = nn.Sequential(nn.MaxPool2d(2), Conv2dNormActivation(6, 8))
+        self.enc3 = nn.Sequential(nn.MaxPool2d(2), Conv2dNormActivation(8, 8))
+        self.up3 = nn.ConvTranspose2d(8, 8, 2, stride=2)  # with a bias: it must count once over the streams
+        self.dec2 = Conv2dNormActivation(16, 8)
+        self.up2 = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.dec1 = Conv2dNormActivation(14, 6)
+        self.out = nn.Conv2d(6, classes, 1)  # bias, no BN: a unit alone
+
+    def forward(self, x: Tensor) -> Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        d2 = self.dec2(torch.cat([self.up3(e3), e2], 1))
+        d1 = self.dec1(torch.cat([self.up2(d2), e1], 1))
+        logits = self.out(d1)
+        return {"out": logits, "aux": F.interpolate(d2, scale_factor=2.0, mode="nearest")}
+
+
+@pytest.mark.parametrize(("family", "connectivity"), [("dbb", "ns"), ("acnet", "block"), ("repvgg", "ns")])
+def test_segmentation_network_folds_back_exactly(family, connectivity):
+    """Encoder-decoder with skips, concat and upsampling: trained, folded into the user's class, equal outputs
+    (dict outputs compared leaf by leaf)."""
+    original = _randomize(TinyUNet().double())
+    converted = nsrep.convert(original, family=family, connectivity=connectivity)
+    report = converted.nsrep_conversion
+    assert report.method == "fx" and not report.after_sum, report.after_sum  # nothing ran on a stream sum
+    assert isinstance(converted.get_submodule("up3"), nsrep.Foldable)
+    assert len(report.units) == 7
+
+    def loss(out):
+        target = torch.arange(out["out"].numel() // 3).remainder(3).view(out["out"].shape[0], *out["out"].shape[2:])
+        return F.cross_entropy(out["out"], target) + out["aux"].pow(2).mean()
+
+    train_steps(converted, _input(), loss_fn=loss)
+    folded = _assert_fold_into(original, converted, _input(), TinyUNet().double())
+    assert type(folded.up3) is nn.ConvTranspose2d
+
+
+def test_transposed_conv_bias_counts_once_on_streams():
+    """Untrained, with init="preserve": the NS conversion computes exactly the original U-Net (bias split)."""
+    original = _randomize(TinyUNet().double()).eval()
+    x = _input()()
+    converted = nsrep.convert(original, family="dbb", connectivity="ns", init="preserve", example_input=x)
+    assert converted.nsrep_conversion.check.max_rel_error <= F64_TOL

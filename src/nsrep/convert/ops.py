@@ -28,6 +28,7 @@ __all__ = [
     "StreamArith",
     "StreamBatchNorm2d",
     "StreamCat",
+    "StreamConvTranspose2d",
     "StreamDropout",
     "StreamFlatten",
     "StreamReshape",
@@ -262,3 +263,57 @@ class StreamBatchNorm2d(Foldable, nn.BatchNorm2d):
         )
         bn.load_state_dict(self.state_dict())
         return bn
+
+
+class StreamConvTranspose2d(Foldable, nn.ConvTranspose2d):
+    """A transposed conv (a U-Net's learned upsampling) on stream sets, kept plain: linear per stream, its bias
+    split as ``bias/S`` so that the aggregate receives it once. Same parameters and state-dict keys as the
+    ``nn.ConvTranspose2d`` it replaces, to which it folds; a 4-D batch is one plain batch."""
+
+    @classmethod
+    def from_module(cls, conv: nn.ConvTranspose2d) -> StreamConvTranspose2d:
+        new = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.output_padding,
+            conv.groups,
+            conv.bias is not None,
+            conv.dilation,
+            conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        new.load_state_dict(conv.state_dict())
+        return new.train(conv.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4:
+            return super().forward(x)
+        y = self._conv_forward_no_bias(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        return y if self.bias is None else y + (self.bias / x.shape[0]).view(1, 1, -1, 1, 1)
+
+    def _conv_forward_no_bias(self, x: Tensor) -> Tensor:
+        return nn.functional.conv_transpose2d(
+            x, self.weight, None, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+        )
+
+    def fold(self) -> nn.Module:
+        conv = nn.ConvTranspose2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.bias is not None,
+            self.dilation,
+            self.padding_mode,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        conv.load_state_dict(self.state_dict())
+        return conv

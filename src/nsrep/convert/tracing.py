@@ -16,7 +16,8 @@ Ops, given the states of their inputs (streams-first stream sets, DESIGN §1-§3
   ``Merged`` value (SE convs, head convs): kept plain, on the aggregate, so its bias counts once;
 - ReLU, ReLU6, LeakyReLU, SiLU, GELU, Hardswish (modules, functions, methods): guided activations;
   max-pool: guided max-pool; a BatchNorm not after a conv: :class:`~nsrep.convert.ops.StreamBatchNorm2d`;
-- avg-pool, adaptive avg-pool (not global), flatten, view/reshape, channel cat, add/sub, multiplication and
+- avg-pool, adaptive avg-pool (not global), upsampling (``nn.Upsample``, ``F.interpolate``), a transposed conv
+  (kept plain, its bias split over the streams), flatten, view/reshape, channel cat, add/sub, multiplication and
   division by a plain value (an SE gate, a constant), dropout (one mask for all streams): per stream, a plain
   operand of add/sub/cat split over the streams so that it counts once;
 - a global average pool (adaptive to 1×1, mean over H and W): on the aggregate (same result, cheaper);
@@ -42,6 +43,7 @@ from nsrep.convert.ops import (
     StreamArith,
     StreamBatchNorm2d,
     StreamCat,
+    StreamConvTranspose2d,
     StreamDropout,
     StreamFlatten,
     StreamReshape,
@@ -132,6 +134,10 @@ def _classify(node: fx.Node, module: nn.Module | None) -> str:
             nn.BatchNorm2d: "bn",
             nn.MaxPool2d: "maxpool",
             nn.AvgPool2d: "per_stream",
+            nn.Upsample: "per_stream",
+            nn.UpsamplingNearest2d: "per_stream",
+            nn.UpsamplingBilinear2d: "per_stream",
+            nn.ConvTranspose2d: "conv_transpose",
             nn.AdaptiveAvgPool2d: "adaptive_avg",
             nn.Flatten: "flatten",
             nn.Dropout: "dropout",
@@ -371,6 +377,15 @@ class _Rewriter:
         if not ok or bn.num_features != conv.out_channels or self.calls[users[0].target] != 1:
             return None
         return users[0]
+
+    def visit_conv_transpose(self, node: fx.Node, conv: nn.ConvTranspose2d):
+        """A transposed conv on streams stays plain, per stream (bias counted once); not a unit."""
+        if len(node.args) != 1 or node.kwargs or conv.padding_mode != "zeros" or self.calls[node.target] != 1:
+            return self.visit_other(node, conv)
+        parent, _, name = node.target.rpartition(".")
+        setattr(self.gm.get_submodule(parent), name, StreamConvTranspose2d.from_module(conv))
+        self.report.stream_ops.append(self.describe(node))
+        return node, self.st(node.args[0])
 
     def visit_bn(self, node: fx.Node, bn: nn.BatchNorm2d):
         if not (bn.affine and bn.track_running_stats) or node.kwargs or len(node.args) != 1:

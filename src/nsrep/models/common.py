@@ -122,3 +122,8 @@ class Stem(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.act(self.conv(self.entry(x))))
+
+    def forward_with_pre_pool(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(the map before the max-pool, the stem output): the first feature level is the one before the pool."""
+        pre = self.act(self.conv(self.entry(x)))
+        return pre, self.pool(pre)

@@ -6,10 +6,13 @@ MobileNetV1); ``stem="cifar"`` uses stride 1 so a 32×32 input keeps enough reso
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from nsrep.models.common import STEMS, ClassifierHead, Stem, check_memory, init_weights, run_blocks, scale_channels
 from nsrep.models.factory import LayerFactory
+from nsrep.models.features import FeatureInfo, FeatureLevel, FeatureTaps, check_out_indices
 from nsrep.streams import streams_out
 from nsrep.validation import check_choice
 
@@ -36,6 +39,9 @@ class ConvAct(nn.Module):
 
 
 class MobileNetV1(nn.Module):
+    """MobileNetV1; ``features_only=True`` drops the head and returns the maps of the levels in ``out_indices``
+    (default all): level i is the last block at each resolution (5 levels; see :attr:`feature_info`)."""
+
     def __init__(
         self,
         *,
@@ -46,27 +52,66 @@ class MobileNetV1(nn.Module):
         width_mult: float = 1.0,
         stem_unit: bool = True,
         memory: str = "default",
+        features_only: bool = False,
+        out_indices: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_choice("stem", stem, STEMS)
         self.memory = check_memory(memory)
         ch = scale_channels(32, width_mult)
         stem_layers = layers if stem_unit else layers.plain()
-        self.stem = Stem(layers, stem_layers, in_chans, ch, 3, 2 if stem == "imagenet" else 1, max_pool=False)
+        stem_stride = 2 if stem == "imagenet" else 1
+        self.stem = Stem(layers, stem_layers, in_chans, ch, 3, stem_stride, max_pool=False)
         streams = self.stem.out_streams
+        levels, ends = _levels(stem_stride, width_mult)
+        if out_indices is not None and not features_only:
+            raise ValueError(f"out_indices={out_indices!r} applies only with features_only=True")
+        indices = check_out_indices(out_indices, len(levels))
+        # block position -> feature level it ends; blocks past the last chosen level are not built
+        self._level_ends = {ends[i]: i for i in indices}
+        num_blocks = ends[indices[-1]] + 1 if features_only else len(MOBILENET_V1_BLOCKS)
         blocks = []
-        for out, stride in MOBILENET_V1_BLOCKS:
+        for out, stride in MOBILENET_V1_BLOCKS[:num_blocks]:
             out = scale_channels(out, width_mult)
             dw = ConvAct(layers, ch, ch, 3, stride, ch, streams)
             pw = ConvAct(layers, ch, out, 1, 1, 1, dw.out_streams)
             blocks.append(nn.Sequential(dw, pw))
             ch, streams = out, pw.out_streams
         self.stages = nn.Sequential(*blocks)
-        self.head = ClassifierHead(layers, ch, num_classes)
+        self.features_only = features_only
+        self.feature_info = FeatureInfo([levels[i] for i in indices], indices)
+        if features_only:
+            self.taps = FeatureTaps(layers, indices)
+        else:
+            self.head = ClassifierHead(layers, ch, num_classes)
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return run_blocks(self.stages, self.stem(x), self.memory)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_levels(self, x: Tensor) -> list[Tensor]:
+        """The plain maps ``(B, C, H, W)`` of the levels in ``feature_info.out_indices`` (stream sets summed)."""
+        features: list[Tensor] = []
+        x = self.stem(x)
+        for j, block in enumerate(self.stages):
+            x = run_blocks((block,), x, self.memory)
+            if j in self._level_ends:
+                self.taps.tap(self._level_ends[j], x, features)
+        return features
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        if self.features_only:
+            return self.forward_levels(x)
         return self.head(self.forward_features(x))
+
+
+def _levels(stem_stride: int, width_mult: float) -> tuple[list[FeatureLevel], list[int]]:
+    """The feature levels (the last block at each resolution) and the block position that ends each."""
+    levels, ends, reduction = [], [], stem_stride
+    for j, (out, stride) in enumerate(MOBILENET_V1_BLOCKS):
+        reduction *= stride
+        following = MOBILENET_V1_BLOCKS[j + 1][1] if j + 1 < len(MOBILENET_V1_BLOCKS) else 2
+        if following == 2:
+            levels.append(FeatureLevel(scale_channels(out, width_mult), reduction, f"stages.{j}"))
+            ends.append(j)
+    return levels, ends

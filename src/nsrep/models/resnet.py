@@ -7,10 +7,13 @@ factory. Stride sits on the 3×3 conv of the bottleneck (ResNet V1.5, as torchvi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from nsrep.models.common import STEMS, ClassifierHead, Stem, check_memory, init_weights, run_blocks, scale_channels
 from nsrep.models.factory import LayerFactory
+from nsrep.models.features import FeatureInfo, FeatureLevel, FeatureTaps, check_out_indices
 from nsrep.streams import streams_out
 from nsrep.validation import check_choice
 
@@ -104,7 +107,12 @@ class Stage(nn.Sequential):
 
 class ResNet(nn.Module):
     """ResNet-18/34/50/101 and ResNeXt; ``stem_unit=False`` keeps the stem a plain conv+BN; ``memory``
-    ("default" or "checkpoint") trades compute for activation memory per residual block."""
+    ("default" or "checkpoint") trades compute for activation memory per residual block.
+
+    ``features_only=True`` drops the head and returns the maps of the levels in ``out_indices`` (default all):
+    level 0 is the stem before its max-pool, levels 1-4 the four stages (see :attr:`feature_info`); stages past
+    the last chosen level are not built.
+    """
 
     def __init__(
         self,
@@ -120,18 +128,30 @@ class ResNet(nn.Module):
         groups: int = 1,
         width_per_group: int = 64,
         memory: str = "default",
+        features_only: bool = False,
+        out_indices: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_choice("stem", stem, STEMS)
-        memory = check_memory(memory)
+        self._memory = memory = check_memory(memory)
         widths = [scale_channels(c, width_mult) for c in (64, 128, 256, 512)]
         # cifar: 3×3 stride 1, no pool; imagenet: 7×7 stride 2 + 3×3 max-pool stride 2
         kernel, stride, pool = (3, 1, False) if stem == "cifar" else (7, 2, True)
         stem_layers = layers if stem_unit else layers.plain()
         self.stem = Stem(layers, stem_layers, in_chans, widths[0], kernel, stride, pool)
         streams, in_ch = self.stem.out_streams, widths[0]
+        stem_reduction = stride
+        levels = [FeatureLevel(widths[0], stem_reduction, "stem.act")]
+        levels += [
+            FeatureLevel(w * block.expansion, stem_reduction * (2 if pool else 1) * 2**i, f"stages.{i}")
+            for i, w in enumerate(widths)
+        ]
+        if out_indices is not None and not features_only:
+            raise ValueError(f"out_indices={out_indices!r} applies only with features_only=True")
+        indices = check_out_indices(out_indices, len(levels))
+        num_stages = indices[-1] if features_only else len(widths)
         stages = []
-        for i, (planes, depth) in enumerate(zip(widths, depths, strict=True)):
+        for i, (planes, depth) in enumerate(zip(widths[:num_stages], depths, strict=False)):
             blocks = []
             for j in range(depth):
                 stride = 2 if i > 0 and j == 0 else 1
@@ -140,22 +160,40 @@ class ResNet(nn.Module):
                 streams, in_ch = blk.out_streams, planes * block.expansion
             stages.append(Stage(*blocks, memory=memory))
         self.stages = nn.Sequential(*stages)
-        self.head = ClassifierHead(layers, in_ch, num_classes)
+        self.features_only = features_only
+        self.feature_info = FeatureInfo([levels[i] for i in indices], indices)
+        if features_only:
+            self.taps = FeatureTaps(layers, indices)
+        else:
+            self.head = ClassifierHead(layers, in_ch, num_classes)
         init_weights(self)
 
     @property
     def memory(self) -> str:
         """``default`` or ``checkpoint`` (recompute each residual block's activations in backward)."""
-        return self.stages[0].memory
+        return self._memory
 
     @memory.setter
     def memory(self, value: str) -> None:
+        self._memory = check_memory(value)
         for stage in self.stages:
-            stage.memory = check_memory(value)
+            stage.memory = value
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem and stages: a stream set (training form) or a batch (deployed)."""
         return self.stages(self.stem(x))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_levels(self, x: Tensor) -> list[Tensor]:
+        """The plain maps ``(B, C, H, W)`` of the levels in ``feature_info.out_indices`` (stream sets summed)."""
+        features: list[Tensor] = []
+        pre_pool, x = self.stem.forward_with_pre_pool(x)
+        self.taps.tap(0, pre_pool, features)
+        for i, stage in enumerate(self.stages, start=1):
+            x = stage(x)
+            self.taps.tap(i, x, features)
+        return features
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        if self.features_only:
+            return self.forward_levels(x)
         return self.head(self.forward_features(x))
