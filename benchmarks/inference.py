@@ -17,7 +17,7 @@ import torch
 
 import nsrep
 from benchmarks.common import describe_machine, save_bar_chart, table, time_calls, write_report
-from nsrep.units import set_implementation
+from nsrep.nn.conv import set_implementation
 
 
 def build_forms(arch: str, family: str, device: str, deployed_only: bool) -> dict[str, torch.nn.Module]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import nsrep
 from benchmarks.common import describe_machine, run_worker, save_bar_chart, table, time_calls, write_report
-from nsrep.units import set_implementation
+from nsrep.nn.conv import set_implementation
 
 # (label, family, connectivity, implementation, memory)
 VARIANTS = {

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nsrep
-from nsrep.units import reference_copy
+from nsrep.nn.conv import reference_copy
 
 F64_TOL = 1e-10
 F32_TOL = 1e-4

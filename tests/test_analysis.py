@@ -22,7 +22,7 @@ from nsrep.analysis import (
     topology_counts,
 )
 from nsrep.analysis.analyze import skipped
-from nsrep.streams import aggregate
+from nsrep.nn.streams import aggregate
 from nsrep.train.config import TrainConfig
 from nsrep.train.trainer import train
 

@@ -9,8 +9,8 @@ import torch
 
 import nsrep
 from helpers import assert_folds, classification_loss, train_steps
-from nsrep.bn_init import BN_INITS, pairs_in_aggregate
-from nsrep.units import RepConv2d
+from nsrep.nn.bn_init import BN_INITS, pairs_in_aggregate
+from nsrep.nn.conv import RepConv2d
 
 
 def _final_gammas(unit: RepConv2d) -> list[torch.Tensor]:

@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nsrep import connectivity as conn
-from nsrep.units import RepConv2d
+from nsrep.nn import connectivity as conn
+from nsrep.nn.conv import RepConv2d
 
 
 @settings(deadline=None, max_examples=60)

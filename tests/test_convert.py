@@ -15,7 +15,7 @@ from convert_layouts import LAYOUTS, NUM_CLASSES, Conv2dNormActivation, SqueezeE
 from helpers import F32_TOL, F64_TOL, classification_loss, train_steps
 from nsrep.convert.ops import StreamBatchNorm2d, StreamDropout
 from nsrep.convert.units import identity_running_var, set_identity_bn
-from nsrep.units import RepConv2d, set_implementation
+from nsrep.nn.conv import RepConv2d, set_implementation
 
 FAMILIES = ["dbb", "acnet", "repvgg"]
 CONNECTIVITIES = ["block", "ns"]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import nsrep
-from nsrep.units import RepConv2d, reference_copy, set_implementation
+from nsrep.nn.conv import RepConv2d, reference_copy, set_implementation
 
 GEOMETRIES = [
     (8, 8, 3, 1, None, 1, 1),
@@ -93,7 +93,7 @@ def test_unknown_implementation():
 
 
 def test_native_merge_runs_small_kernels_at_their_size(monkeypatch):
-    from nsrep.fused import fused_pair_outputs
+    from nsrep.nn.fused import fused_pair_outputs
 
     unit = RepConv2d(8, 8, 3, family="acnet")
     calls = []

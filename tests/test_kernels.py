@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from nsrep import kernels
+from nsrep.nn import kernels
 
 
 def _random_bn(channels: int) -> nn.BatchNorm2d:

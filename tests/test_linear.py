@@ -10,10 +10,11 @@ from torch import nn
 
 import nsrep
 from helpers import F32_TOL, F64_TOL, assert_folds, classification_loss, train_steps
-from nsrep.guided import GuidedFeatureActivation, GuidedGELU, GuidedReLU, guided_feature_activation
-from nsrep.heads import HEADS, AdapterHead, create_head
-from nsrep.linear import RepLinear
-from nsrep.streams import StreamEntry
+from nsrep.models.heads import HEADS, AdapterHead, create_head
+from nsrep.nn.activations import guided_feature_activation
+from nsrep.nn.guided import GuidedFeatureActivation, GuidedGELU, GuidedReLU
+from nsrep.nn.linear import RepLinear
+from nsrep.nn.streams import StreamEntry
 
 CONNECTIVITIES = [("block", 1.0), ("ns", 1.0), ("ns", 0.0), ("naive", 1.0)]
 LEADING = [(5,), (3, 4)]  # (B, D) features and (B, T, D) tokens

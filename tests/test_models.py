@@ -8,9 +8,9 @@ from torch import nn
 
 import nsrep
 from helpers import assert_folds, classification_loss, num_params, train_steps
-from nsrep.guided import GuidedMaxPool2d, GuidedReLU
-from nsrep.streams import StreamAdd, StreamEntry, StreamSum
-from nsrep.units import RepConv2d
+from nsrep.nn.conv import RepConv2d
+from nsrep.nn.guided import GuidedMaxPool2d, GuidedReLU
+from nsrep.nn.streams import StreamAdd, StreamEntry, StreamSum
 
 # reduced widths so the whole matrix stays fast; the block structure (depth, strides, groups) is the real one
 SMALL = {

@@ -7,9 +7,9 @@ import torch
 
 import nsrep
 from helpers import assert_folds, classification_loss, train_steps
-from nsrep.qa import NoNorm, QARepConv2d
-from nsrep.regularize import equivalent_kernel_l2, equivalent_kernels
-from nsrep.units import RepConv2d
+from nsrep.nn.conv import RepConv2d
+from nsrep.nn.qa import NoNorm, QARepConv2d
+from nsrep.train.regularize import equivalent_kernel_l2, equivalent_kernels
 
 
 @pytest.mark.parametrize("family,connectivity", [("qarepvgg", "block"), ("qadbb", "block"), ("qadbb", "ns")])

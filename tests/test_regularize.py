@@ -8,8 +8,8 @@ from torch import nn
 
 import nsrep
 from helpers import train_steps
-from nsrep.regularize import equivalent_kernel_l2, equivalent_kernels, unit_parameter_ids
 from nsrep.train.config import TrainConfig
+from nsrep.train.regularize import equivalent_kernel_l2, equivalent_kernels, unit_parameter_ids
 from nsrep.train.trainer import build_optimizer
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nsrep import guided, streams
+from nsrep.nn import activations, guided, streams
 
 
 def test_spread_preserves_aggregate():
@@ -90,6 +90,6 @@ def test_guided_max_pool_takes_argmax_of_aggregate(kernel, stride, padding):
 
 
 def test_guided_activation_by_name():
-    assert isinstance(guided.guided_activation("silu"), guided.GuidedSiLU)
+    assert isinstance(activations.guided_activation("silu"), guided.GuidedSiLU)
     with pytest.raises(ValueError, match=r"unknown activation 'swish'.*relu, relu6"):
-        guided.guided_activation("swish")
+        activations.guided_activation("swish")

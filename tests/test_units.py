@@ -6,8 +6,9 @@ from torch import nn
 
 import nsrep
 from helpers import F64_TOL, assert_folds, train_steps
-from nsrep.branches import Branch, ConvBN, ConvGeometry
-from nsrep.units import RepConv2d
+from nsrep.nn.branches import Branch, ConvBN
+from nsrep.nn.conv import RepConv2d
+from nsrep.nn.geometry import ConvGeometry
 
 # (in, out, kernel, stride, padding (None = same), dilation, groups)
 GEOMETRIES = [

@@ -4,16 +4,17 @@ Train networks whose convolutions have several parallel branches connected at th
 every branch into one plain convolution for inference.
 """
 
-from nsrep.connectivity import CONNECTIVITIES
 from nsrep.convert import convert, fold_into
-from nsrep.families import FAMILIES
-from nsrep.foldable import Foldable
-from nsrep.guided import GuidedMaxPool2d, GuidedReLU, guided_activation
-from nsrep.heads import create_head
-from nsrep.linear import RepLinear
 from nsrep.models import create_model, list_models, model_options
+from nsrep.models.heads import create_head
+from nsrep.nn.activations import guided_activation
+from nsrep.nn.connectivity import CONNECTIVITIES
+from nsrep.nn.conv import RepConv2d, UnitConfig
+from nsrep.nn.families import FAMILIES
+from nsrep.nn.foldable import Foldable
+from nsrep.nn.guided import GuidedMaxPool2d, GuidedReLU
+from nsrep.nn.linear import RepLinear
 from nsrep.reparam import reparameterize, verify_equivalence
-from nsrep.units import RepConv2d, UnitConfig
 
 __version__ = "0.1.0"
 

@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nsrep.connectivity import CONNECTIVITIES
-from nsrep.families import ALL_FAMILIES, DEFAULT_NUM_BRANCHES
-from nsrep.heads import HEADS, MLP_HEADS, REP_HEADS
 from nsrep.info import format_info, markdown_table, model_info
 from nsrep.models import list_models
+from nsrep.models.heads import HEADS, MLP_HEADS, REP_HEADS
+from nsrep.nn.connectivity import CONNECTIVITIES
+from nsrep.nn.families import ALL_FAMILIES, DEFAULT_NUM_BRANCHES
 from nsrep.nn.unit import UnitConfig
 from nsrep.probe import DEFAULT_HEADS, EXAMPLE_DATASETS, SKLEARN_DATASETS, ProbeConfig
 from nsrep.train.config import list_recipes

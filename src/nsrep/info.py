@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nsrep.models import create_model
+from nsrep.nn.conv import RepConv2d, reference_copy
 from nsrep.reparam import reparameterize
-from nsrep.units import RepConv2d, reference_copy
 
 __all__ = [
     "StageStreams",
@@ -83,7 +83,7 @@ def training_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
 
 
 def unit_branch_counts(model: nn.Module) -> list[int]:
-    """Branches of every :class:`~nsrep.units.RepConv2d` in module order: the K_u of the topology counts."""
+    """Branches of every :class:`~nsrep.nn.conv.RepConv2d` in module order: the K_u of the topology counts."""
     return [m.num_branches for m in model.modules() if isinstance(m, RepConv2d)]
 
 

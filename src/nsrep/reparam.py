@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nsrep.foldable import Foldable
+from nsrep.nn.foldable import Foldable
 
 __all__ = ["Equivalence", "compare_outputs", "reparameterize", "unwrap_model", "verify_equivalence"]
 

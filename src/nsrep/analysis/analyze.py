@@ -34,11 +34,11 @@ from nsrep.analysis.similarity import (
 )
 from nsrep.fileio import atomic_write
 from nsrep.info import scientific, topologies_block, topologies_branch, unit_branch_counts
+from nsrep.nn.conv import RepConv2d
+from nsrep.nn.streams import aggregate
 from nsrep.reparam import reparameterize
-from nsrep.streams import aggregate
 from nsrep.train.checkpoint import load_checkpoint
 from nsrep.train.runs import eval_split, model_from_checkpoint
-from nsrep.units import RepConv2d
 
 __all__ = [
     "AnalysisReport",

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsrep.streams import aggregate
-from nsrep.units import RepConv2d
+from nsrep.nn.conv import RepConv2d
+from nsrep.nn.streams import aggregate
 
 __all__ = [
     "RunningStats",

@@ -13,8 +13,8 @@ from nsrep.convert.fallback import walk
 from nsrep.convert.report import Conversion
 from nsrep.convert.tracing import rewrite, trace
 from nsrep.convert.units import INITS
+from nsrep.nn.conv import DEFAULT_MAX_STREAMS, UnitConfig
 from nsrep.reparam import unwrap_model, verify_equivalence
-from nsrep.units import DEFAULT_MAX_STREAMS, UnitConfig
 from nsrep.validation import check_choice
 
 __all__ = ["convert"]

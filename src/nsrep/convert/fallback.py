@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from nsrep.convert.report import Conversion, ConvertedConv
 from nsrep.convert.units import build_unit
-from nsrep.units import UnitConfig
+from nsrep.nn.conv import UnitConfig
 
 __all__ = ["walk"]
 

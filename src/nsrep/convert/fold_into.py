@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from nsrep.convert.units import set_identity_bn
+from nsrep.nn.conv import RepConv2d
 from nsrep.reparam import unwrap_model
-from nsrep.units import RepConv2d
 
 __all__ = ["fold_into"]
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from nsrep import kernels
-from nsrep.foldable import Foldable
-from nsrep.streams import add_streams, spread
+from nsrep.nn import kernels
+from nsrep.nn.foldable import Foldable
+from nsrep.nn.streams import add_streams, spread
 
 __all__ = [
     "Arith",
@@ -87,7 +87,7 @@ class Arith(nn.Module):
 class StreamArith(Foldable):
     """``a ± b`` where at least one side is a stream set; ``None`` marks a plain side (tensor or number).
 
-    Two stream sets add stream-wise after the lcm spread (:func:`nsrep.streams.add_streams`); a plain side is
+    Two stream sets add stream-wise after the lcm spread (:func:`nsrep.nn.streams.add_streams`); a plain side is
     spread as ``b/S`` over the S streams of the other, so the aggregate adds it exactly once.
     """
 

@@ -50,16 +50,10 @@ from nsrep.convert.ops import (
 )
 from nsrep.convert.report import Conversion, ConvertedConv
 from nsrep.convert.units import build_unit
-from nsrep.guided import (
-    ACTIVATIONS,
-    GuidedActivation,
-    GuidedMaxPool2d,
-    activation_of_call,
-    activation_of_module,
-    guided_activation,
-)
-from nsrep.streams import StreamEntry, StreamSum
-from nsrep.units import UnitConfig
+from nsrep.nn.activations import ACTIVATIONS, activation_of_call, activation_of_module, guided_activation
+from nsrep.nn.conv import UnitConfig
+from nsrep.nn.guided import GuidedActivation, GuidedMaxPool2d
+from nsrep.nn.streams import StreamEntry, StreamSum
 
 __all__ = ["ConvertedModel", "rewrite", "trace"]
 

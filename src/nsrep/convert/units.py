@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from nsrep.branches import ConvBN
 from nsrep.models.common import init_weights
-from nsrep.units import RepConv2d, UnitConfig
+from nsrep.nn.branches import ConvBN
+from nsrep.nn.conv import RepConv2d, UnitConfig
 
 __all__ = ["INITS", "build_unit", "identity_running_var", "set_identity_bn"]
 

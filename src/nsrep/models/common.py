@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from nsrep.models.factory import LayerFactory
-from nsrep.streams import streams_out
+from nsrep.nn.streams import streams_out
 
 __all__ = ["MEMORY_MODES", "ClassifierHead", "Stem", "check_memory", "init_weights", "run_blocks", "scale_channels"]
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field, replace
 
 from torch import nn
 
-from nsrep.branches import ConvGeometry
-from nsrep.families import QA_FAMILIES
-from nsrep.guided import GuidedMaxPool2d, guided_activation, plain_activation
-from nsrep.streams import Add, StreamAdd, StreamEntry, StreamSum
-from nsrep.units import RepConv2d, UnitConfig, make_deploy_conv
+from nsrep.nn.activations import guided_activation, plain_activation
+from nsrep.nn.conv import RepConv2d, UnitConfig, make_deploy_conv
+from nsrep.nn.families import QA_FAMILIES
+from nsrep.nn.geometry import ConvGeometry
+from nsrep.nn.guided import GuidedMaxPool2d
+from nsrep.nn.streams import Add, StreamAdd, StreamEntry, StreamSum
 
 __all__ = ["LayerFactory"]
 
@@ -46,7 +47,7 @@ class LayerFactory:
             return make_deploy_conv(geometry)
         unit_class = RepConv2d
         if self.unit.family in QA_FAMILIES:  # their BN after the sum needs the QA unit class
-            from nsrep.qa import QARepConv2d as unit_class
+            from nsrep.nn.qa import QARepConv2d as unit_class
         return unit_class(
             in_channels,
             out_channels,

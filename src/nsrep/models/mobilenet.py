@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from nsrep.models.common import STEMS, ClassifierHead, Stem, check_memory, init_weights, run_blocks, scale_channels
 from nsrep.models.factory import LayerFactory
 from nsrep.models.features import FeatureInfo, FeatureLevel, FeatureTaps, check_out_indices
-from nsrep.streams import streams_out
+from nsrep.nn.streams import streams_out
 from nsrep.validation import check_choice
 
 __all__ = ["MobileNetV1"]

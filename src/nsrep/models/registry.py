@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
-from nsrep.bn_init import BN_INITS, DEFAULT_BN_INIT, apply_bn_init
 from nsrep.models.factory import LayerFactory
+from nsrep.nn.bn_init import BN_INITS, DEFAULT_BN_INIT, apply_bn_init
 from nsrep.nn.unit import UnitConfig, unit_config
 from nsrep.validation import check_choice
 
@@ -65,7 +65,7 @@ def create_model(
     "plain", ``connectivity`` "block", ...; see UnitConfig for the defaults); keywords given beside ``unit``
     override its fields. ``options`` are the architecture's own keywords (``num_classes``, ``stem``,
     ``width_mult``, ...; see :func:`model_options`). ``bn_init`` sets where the units' BN scales start
-    (nsrep.bn_init.BN_INITS; the training form only). The returned model carries ``nsrep_config``, the
+    (nsrep.nn.bn_init.BN_INITS; the training form only). The returned model carries ``nsrep_config``, the
     keywords that rebuild it.
     """
     check_choice("architecture", arch, list_models())

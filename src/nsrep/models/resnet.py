@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from nsrep.models.common import STEMS, ClassifierHead, Stem, check_memory, init_weights, run_blocks, scale_channels
 from nsrep.models.factory import LayerFactory
 from nsrep.models.features import FeatureInfo, FeatureLevel, FeatureTaps, check_out_indices
-from nsrep.streams import streams_out
+from nsrep.nn.streams import streams_out
 from nsrep.validation import check_choice
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
@@ -22,7 +22,7 @@ __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
 
 class BasicBlock(nn.Module):
     expansion = 1
-    residual_end = "conv2"  # the unit that ends the residual branch (nsrep.bn_init's zero-residual)
+    residual_end = "conv2"  # the unit that ends the residual branch (nsrep.nn.bn_init's zero-residual)
 
     def __init__(
         self,

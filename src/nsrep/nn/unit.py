@@ -3,8 +3,8 @@
 A unit holds K parallel branches. Fed ``S_in`` streams it makes ``S_in * K`` pairs and joins them by its
 connectivity (block, naive or ns). Everything here is independent of the branches' geometry: the typed
 options (:class:`UnitConfig`), the stream counts, the random pair partition and pair drop of training, the
-bias multiplier of the aggregate and ``fold()``. :class:`~nsrep.units.RepConv2d` and
-:class:`~nsrep.linear.RepLinear` add the geometry: how branches run and what they fold to.
+bias multiplier of the aggregate and ``fold()``. :class:`~nsrep.nn.conv.RepConv2d` and
+:class:`~nsrep.nn.linear.RepLinear` add the geometry: how branches run and what they fold to.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nsrep import connectivity as conn
-from nsrep.families import ALL_FAMILIES, resolve_num_branches
-from nsrep.foldable import Foldable
+from nsrep.nn import connectivity as conn
+from nsrep.nn.families import ALL_FAMILIES, resolve_num_branches
+from nsrep.nn.foldable import Foldable
 from nsrep.validation import check_choice
 
 __all__ = ["DEFAULT_MAX_STREAMS", "RepUnit", "UnitConfig", "unit_config"]

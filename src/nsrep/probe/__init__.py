@@ -2,7 +2,7 @@
 
 A *feature file* is an ``.npz`` with ``train_x (N, D)``, ``train_y (N,)``, ``test_x (M, D)``, ``test_y (M,)``
 (labels are integers ``0..C-1``; an optional scalar ``num_classes`` fixes C, else it is ``max(train_y) + 1``).
-:func:`run_probe` trains each head of :mod:`nsrep.heads` on each file for each seed with the same epochs, batch
+:func:`run_probe` trains each head of :mod:`nsrep.models.heads` on each file for each seed with the same epochs, batch
 size, learning rate and batch order, then folds it and reports test top-1 of both forms. ``nsrep features``
 writes feature files from any encoder (:func:`load_encoder`, :func:`extract_features`) or from
 scikit-learn's bundled data sets (:func:`sklearn_features`: no download).

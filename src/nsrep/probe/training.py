@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsrep.heads import HEADS, create_head
-from nsrep.linear import RepLinear
+from nsrep.models.heads import HEADS, create_head
+from nsrep.nn.linear import RepLinear
 from nsrep.probe.constants import DEFAULT_HEADS
 from nsrep.probe.features import FeatureSet, load_features
 from nsrep.reparam import reparameterize
@@ -172,7 +172,7 @@ def run_probe(
 ) -> ProbeResults:
     """Train every head on every data set (feature files or :class:`FeatureSet`) with every seed.
 
-    ``head_options`` maps a head name to extra :func:`~nsrep.heads.create_head` keywords. A tqdm bar counts
+    ``head_options`` maps a head name to extra :func:`~nsrep.models.heads.create_head` keywords. A tqdm bar counts
     the runs. Every data set is read and checked before the first run starts.
     """
     config = config or ProbeConfig()

@@ -18,13 +18,13 @@ from typing import Any
 
 import yaml
 
-from nsrep.bn_init import BN_INITS, DEFAULT_BN_INIT
 from nsrep.models import list_models
 from nsrep.models.common import MEMORY_MODES, STEMS
+from nsrep.nn.bn_init import BN_INITS, DEFAULT_BN_INIT
 from nsrep.nn.unit import UnitConfig
-from nsrep.regularize import DECAY_MODES
 from nsrep.train.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from nsrep.train.distributed import DEVICES
+from nsrep.train.regularize import DECAY_MODES
 from nsrep.validation import check_choice
 
 __all__ = [
@@ -62,7 +62,7 @@ class TrainConfig:
     stem: str = "cifar"
     stem_unit: bool = True
     memory: str = "default"  # "checkpoint" recomputes each residual block in backward (less memory)
-    bn_init: str = DEFAULT_BN_INIT  # where the units' BN scales start (nsrep.bn_init.BN_INITS)
+    bn_init: str = DEFAULT_BN_INIT  # where the units' BN scales start (nsrep.nn.bn_init.BN_INITS)
     # data and augmentation (run on batches on the training device)
     data: str = "digits"  # "digits", "synthetic", a CIFAR python folder or an ImageNet-style folder
     image_size: int | None = None  # None: the data's own size (CIFAR 32, digits 8, ImageNet-style 224)
@@ -84,7 +84,7 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = False  # False: no weight decay on BN parameters and biases (1-D tensors)
-    weight_decay_mode: str = "branches"  # "equivalent": decay each unit's folded kernel (nsrep.regularize)
+    weight_decay_mode: str = "branches"  # "equivalent": decay each unit's folded kernel (nsrep.train.regularize)
     schedule: str = "cosine"
     warmup_epochs: float = 5.0
     min_lr: float = 0.0

@@ -18,13 +18,13 @@ from torch.utils.data import DataLoader
 from nsrep.export import CONFIG_FILE, load_deployed, read_preprocess, save_deployed
 from nsrep.info import count_parameters
 from nsrep.models import create_model
+from nsrep.nn.conv import reference_copy
 from nsrep.reparam import Equivalence, reparameterize, verify_equivalence
 from nsrep.train import distributed
 from nsrep.train.augment import BatchTransform, build_transform
 from nsrep.train.checkpoint import load_checkpoint
 from nsrep.train.data import ImageData, load_data
 from nsrep.train.trainer import EvalResult, evaluate
-from nsrep.units import reference_copy
 
 __all__ = ["RunEvaluation", "deploy_checkpoint", "eval_split", "evaluate_path", "model_from_checkpoint"]
 

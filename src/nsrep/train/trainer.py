@@ -33,14 +33,14 @@ from nsrep.export import save_deployed
 from nsrep.fileio import atomic_write, write_json
 from nsrep.info import count_parameters
 from nsrep.models import create_model
-from nsrep.regularize import equivalent_kernel_l2, unit_parameter_ids
+from nsrep.nn.conv import reference_copy
 from nsrep.reparam import reparameterize, unwrap_model, verify_equivalence
 from nsrep.train import distributed
 from nsrep.train.augment import BatchTransform, build_transform
 from nsrep.train.checkpoint import load_checkpoint, save_checkpoint
 from nsrep.train.config import EXECUTION_FIELDS, TrainConfig
 from nsrep.train.data import ImageData, describe, load_data
-from nsrep.units import reference_copy
+from nsrep.train.regularize import equivalent_kernel_l2, unit_parameter_ids
 
 __all__ = [
     "EvalResult",

@@ -4,7 +4,7 @@ Plain L2 decay on the branches pulls every branch kernel and BN scale to zero se
 penalty on what the deployed conv computes: the folded kernel ``sum_k W_k * gamma_k / sigma_k`` may grow
 large (and quantize badly) while each branch stays small. RepVGG's "custom L2" (Ding et al., 2021,
 ``repvgg.py::get_custom_L2``) penalises the folded kernel instead. Here the folded kernel of every
-:class:`~nsrep.units.RepConv2d` is computed differentiably from its branches with the same ``Branch.affine``
+:class:`~nsrep.nn.conv.RepConv2d` is computed differentiably from its branches with the same ``Branch.affine``
 that :func:`nsrep.reparameterize` uses (running BN statistics, as RepVGG), so the penalty is exactly
 ``||kernel of the deployed conv||²`` for every family and every connectivity (NS units fold to ``sum_k W_k``
 as block units do; only the bias carries the stream count).
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from torch import Tensor, nn
 
-from nsrep.units import RepConv2d
+from nsrep.nn.conv import RepConv2d
 from nsrep.validation import check_choice
 
 __all__ = ["DECAY_MODES", "equivalent_kernel_l2", "equivalent_kernels", "unit_parameter_ids"]

@@ -3,8 +3,8 @@
 Stream axis convention for features and tokens: a RepLinear always takes and returns a stream set
 ``(S, *leading, D)`` whose dim 0 is the stream axis, never guessed from the rank (a token set ``(S, B, T, D)``
 and an image batch ``(B, C, H, W)`` are both 4-D). A plain batch ``(B, D)`` or ``(B, T, D)`` enters a network
-through :class:`nsrep.streams.StreamEntry` (adds a 1-stream axis) and leaves through
-:class:`nsrep.streams.StreamSum` (sums the streams); both fold to identities.
+through :class:`nsrep.nn.streams.StreamEntry` (adds a 1-stream axis) and leaves through
+:class:`nsrep.nn.streams.StreamSum` (sums the streams); both fold to identities.
 
 Branch k is ``x -> W_k x + b_k`` (``bn=False``) or ``x -> BN_k(W_k x)`` (``bn=True``: a BatchNorm1d over the
 features, whose statistics run over every leading position of every stream it is fed, i.e. all S_in·N pair
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsrep import connectivity as conn
-from nsrep import kernels
+from nsrep.nn import connectivity as conn
+from nsrep.nn import kernels
 from nsrep.nn.unit import RepUnit, UnitConfig, unit_config
 
 __all__ = ["DEFAULT_LINEAR_BRANCHES", "LINEAR_FAMILIES", "RepLinear"]
@@ -94,7 +94,7 @@ class RepLinear(RepUnit):
             raise ValueError(
                 f"{type(self).__name__} built for {self.in_streams} input streams of {self.in_features} features "
                 f"got a tensor of shape {tuple(x.shape)}; expected (streams, *leading, features) with the stream "
-                "axis first (a plain batch enters through nsrep.streams.StreamEntry)"
+                "axis first (a plain batch enters through nsrep.nn.streams.StreamEntry)"
             )
         if self.connectivity == "block" and x.shape[0] > 1:
             x = x.sum(0, keepdim=True)  # block-level: the unit sees the merged input

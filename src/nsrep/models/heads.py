@@ -9,9 +9,9 @@ followed by the FC classifier) and "NS MLP/FC" (the adapter's layers re-paramete
   the frozen features instead of replacing them, so the head contains the linear probe (adapter output 0) and
   "MLP/FC vs FC" measures what the adapter adds. Without it, the adapter's last linear and the classifier
   would be two consecutive linear maps, i.e. one rank-D classifier on the hidden layer.
-- ``ns-mlp``: the same with both adapter linears as :class:`~nsrep.linear.RepLinear` units (K branches, BN
+- ``ns-mlp``: the same with both adapter linears as :class:`~nsrep.nn.linear.RepLinear` units (K branches, BN
   per branch by default) joined by NS connectivity, a guided activation between them, the shortcut spread over
-  the K streams (:class:`~nsrep.streams.StreamAdd`), the streams summed before the plain classifier.
+  the K streams (:class:`~nsrep.nn.streams.StreamAdd`), the streams summed before the plain classifier.
 - ``block-mlp``: the same units with block-level connectivity: the control that separates what NS changes from
   what the extra branches and their BNs change.
 
@@ -31,10 +31,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from nsrep.connectivity import CONNECTIVITIES
-from nsrep.guided import ACTIVATION_NAMES, guided_activation, guided_feature_activation
-from nsrep.linear import DEFAULT_LINEAR_BRANCHES, RepLinear
-from nsrep.streams import Add, StreamAdd, StreamEntry, StreamSum
+from nsrep.nn.activations import ACTIVATION_NAMES, guided_activation, guided_feature_activation
+from nsrep.nn.connectivity import CONNECTIVITIES
+from nsrep.nn.linear import DEFAULT_LINEAR_BRANCHES, RepLinear
+from nsrep.nn.streams import Add, StreamAdd, StreamEntry, StreamSum
 from nsrep.validation import check_choice
 
 __all__ = ["DEFAULT_EXPANSION", "HEADS", "MLP_HEADS", "REP_HEADS", "AdapterHead", "LinearHead", "create_head"]

@@ -7,14 +7,14 @@ unit's k×k space (unit padding, stride and dilation) plus a bias, which is all 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from nsrep import kernels
+from nsrep.nn import kernels
+from nsrep.nn.geometry import ConvGeometry
+from nsrep.nn.moments import InputMoments
 
 __all__ = [
     "BNAndPad",
@@ -22,127 +22,8 @@ __all__ = [
     "ConvBN",
     "ConvBNAvgBN",
     "ConvBNConvBN",
-    "ConvGeometry",
     "IdentityBN",
-    "InputMoments",
-    "input_moments",
 ]
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Shape of the convolution a unit replaces; every branch of the unit produces this conv's output."""
-
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
-
-    @classmethod
-    def make(
-        cls,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | None = None,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-    ) -> ConvGeometry:
-        """Normalise conv arguments; ``padding=None`` means "same" padding ``dilation * (k - 1) // 2``."""
-        k, d = _pair(kernel_size), _pair(dilation)
-        p = tuple(di * (ki - 1) // 2 for ki, di in zip(k, d, strict=True)) if padding is None else _pair(padding)
-        geom = cls(in_channels, out_channels, k, _pair(stride), p, d, groups)
-        geom.validate()
-        return geom
-
-    def validate(self) -> None:
-        for name in ("in_channels", "out_channels", "groups"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(
-                f"groups={self.groups} must divide in_channels={self.in_channels} and out_channels={self.out_channels}"
-            )
-        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0:
-            raise ValueError(f"invalid conv geometry {self}")
-
-    @property
-    def is_pointwise(self) -> bool:
-        return self.kernel_size == (1, 1)
-
-    @property
-    def identity_is_legal(self) -> bool:
-        """An identity branch needs the same channels, stride 1 and "same" padding with an odd kernel."""
-        same = all(
-            k % 2 == 1 and p == d * (k - 1) // 2
-            for k, p, d in zip(self.kernel_size, self.padding, self.dilation, strict=True)
-        )
-        return self.in_channels == self.out_channels and self.stride == (1, 1) and same
-
-    def branch_padding(self, kernel_size: tuple[int, int]) -> tuple[int, int]:
-        """Padding that centres a smaller branch kernel inside the unit's kernel (may be negative: crop)."""
-        pads = []
-        for big, small, p, d in zip(self.kernel_size, kernel_size, self.padding, self.dilation, strict=True):
-            if (big - small) % 2:
-                raise ValueError(
-                    f"a {kernel_size[0]}x{kernel_size[1]} branch cannot be centred in a "
-                    f"{self.kernel_size[0]}x{self.kernel_size[1]} kernel (use an odd kernel size)"
-                )
-            pads.append(p - d * (big - small) // 2)
-        return pads[0], pads[1]
-
-
-@dataclass(frozen=True)
-class InputMoments:
-    """Batch moments of a unit's input over (N, H, W): what its branches' inner BNs need in training.
-
-    ``mean``: (C,); ``second``: (groups, C/g, C/g), ``E[x x^T]`` within each conv group; ``count``: N*H*W.
-    A 1×1 conv's output statistics follow exactly: ``mean_h = W mean``, ``var_h = diag(W (E[xx^T] - mean mean^T) W^T)``.
-    """
-
-    mean: Tensor
-    second: Tensor
-    count: int
-
-
-class _SecondMoment(torch.autograd.Function):
-    """``E[x x^T]`` per channel group without saving anything but ``x`` (which the conv saves anyway).
-
-    Computed as one (C/g × N·H·W) matmul per group on a transient channel-major copy: about twice as fast on
-    CPU as an einsum that batches over N.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, groups: int) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.groups = groups
-        xg = _channel_major(x, groups)
-        return torch.bmm(xg, xg.transpose(1, 2)) / xg.shape[-1]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        (x,) = ctx.saved_tensors
-        n, c, h, w = x.shape
-        xg = _channel_major(x, ctx.groups)
-        sym = (grad + grad.transpose(1, 2)) / xg.shape[-1]
-        grad_x = torch.bmm(sym, xg)  # (g, C/g, N*H*W)
-        return grad_x.view(ctx.groups, c // ctx.groups, n, h * w).permute(2, 0, 1, 3).reshape(x.shape), None
-
-
-def _channel_major(x: Tensor, groups: int) -> Tensor:
-    """(N, C, H, W) -> (g, C/g, N*H*W)."""
-    n, c, h, w = x.shape
-    return x.reshape(n, groups, c // groups, h * w).permute(1, 2, 0, 3).reshape(groups, c // groups, n * h * w)
-
-
-def input_moments(x: Tensor, groups: int) -> InputMoments:
-    """Batch mean and per-group second moment of ``x`` (N, C, H, W), differentiable."""
-    n, _, h, w = x.shape
-    return InputMoments(x.mean((0, 2, 3)), _SecondMoment.apply(x, groups), n * h * w)
 
 
 class Branch(nn.Module):

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsrep import connectivity as conn
-from nsrep.branches import Branch, ConvGeometry
-from nsrep.families import QA_FAMILIES, build_branches
-from nsrep.fused import can_fuse, fused_pair_outputs, interleave_groups, split_groups
+from nsrep.nn import connectivity as conn
+from nsrep.nn.branches import Branch
+from nsrep.nn.families import QA_FAMILIES, build_branches
+from nsrep.nn.fused import can_fuse, fused_pair_outputs, interleave_groups, split_groups
+from nsrep.nn.geometry import ConvGeometry
 from nsrep.nn.unit import DEFAULT_MAX_STREAMS, RepUnit, UnitConfig, unit_config
 from nsrep.validation import check_choice
 
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 # "fast": conv branches merged into one conv call + one BN per kernel shape, sequential branches composed
-# online (nsrep/fused.py); "fast-padded": every conv branch in one call with zero-padded k×k kernels (fewest
+# online (nsrep/nn/fused.py); "fast-padded": every conv branch in one call with zero-padded k×k kernels (fewest
 # calls, more multiply-adds); "reference": every branch runs its own layers. Same outputs, same gradients.
 IMPLEMENTATIONS = ("fast", "fast-padded", "reference")
 # RepConv2d's own default family when neither a UnitConfig nor a family is given
@@ -85,7 +86,7 @@ class RepConv2d(RepUnit):
             unit_options.setdefault("family", DEFAULT_UNIT_FAMILY)
         config = unit_config(unit, **unit_options)
         if config.family in QA_FAMILIES and not hasattr(self, "post_affine"):  # their BN after the sum lives there
-            raise ValueError(f"family {config.family!r} units are nsrep.qa.QARepConv2d, not RepConv2d")
+            raise ValueError(f"family {config.family!r} units are nsrep.nn.qa.QARepConv2d, not RepConv2d")
         geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if branches is None:
             branches = build_branches(config.family, geometry, config.num_branches)
@@ -247,7 +248,7 @@ class RepConv2d(RepUnit):
 
     def equivalent_kernel(self) -> Tensor:
         """The deployed conv's kernel ``sum_k W_k`` in the unit's dtype, differentiable w.r.t. the branches
-        (running BN statistics): what equivalent-kernel weight decay penalises (nsrep.regularize)."""
+        (running BN statistics): what equivalent-kernel weight decay penalises (nsrep.train.regularize)."""
         return sum(branch.affine()[0] for branch in self.branches)
 
     def _kernel_shape(self) -> torch.Size:

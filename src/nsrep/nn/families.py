@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from nsrep.branches import Branch, ConvBN, ConvBNAvgBN, ConvBNConvBN, ConvGeometry, IdentityBN
+from nsrep.nn.branches import Branch, ConvBN, ConvBNAvgBN, ConvBNConvBN, IdentityBN
+from nsrep.nn.geometry import ConvGeometry
 from nsrep.validation import check_choice
 
 __all__ = ["ALL_FAMILIES", "DEFAULT_NUM_BRANCHES", "FAMILIES", "QA_FAMILIES", "build_branches", "resolve_num_branches"]
@@ -98,14 +99,14 @@ FAMILY_BUILDERS: dict[str, FamilyBuilder] = {
     "ns": _ns,
 }
 FAMILIES: tuple[str, ...] = tuple(FAMILY_BUILDERS)
-# Quantization-aware variants (nsrep.qa, units built by QARepConv2d): a family's branches with only the first
+# Quantization-aware variants (nsrep.nn.qa, units built by QARepConv2d): a family's branches with only the first
 # branch's final BN kept, plus one BN after the sum. QA family -> the family whose branches it keeps.
 QA_FAMILIES = {"qarepvgg": "repvgg", "qadbb": "dbb"}
 ALL_FAMILIES: tuple[str, ...] = FAMILIES + tuple(QA_FAMILIES)
 
 
 def _qa_branches(family: str, g: ConvGeometry, k: int) -> list[Branch]:
-    from nsrep.qa import strip_final_norms  # nsrep.qa builds on units, which import this module
+    from nsrep.nn.qa import strip_final_norms  # nsrep.nn.qa builds on units, which import this module
 
     return strip_final_norms(FAMILY_BUILDERS[QA_FAMILIES[family]](g, k))
 

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsrep.branches import Branch, ConvGeometry, IdentityBN, input_moments
+from nsrep.nn.branches import Branch, IdentityBN
+from nsrep.nn.geometry import ConvGeometry
+from nsrep.nn.moments import input_moments
 
 __all__ = ["can_fuse", "fused_pair_outputs", "interleave_groups", "split_groups"]
 

@@ -10,7 +10,7 @@ import math
 
 from torch import Tensor, nn
 
-from nsrep.foldable import Foldable
+from nsrep.nn.foldable import Foldable
 
 __all__ = [
     "Add",

@@ -42,7 +42,7 @@ def apply_bn_init(model: nn.Module, scheme: str) -> nn.Module:
     Residual blocks name the child that ends their residual branch in ``residual_end``; a model without
     residual blocks (MobileNet) has no unit for the zero part to act on.
     """
-    from nsrep.units import RepConv2d
+    from nsrep.nn.conv import RepConv2d
 
     check_choice("bn_init", scheme, BN_INITS)
     if scheme == "ones":

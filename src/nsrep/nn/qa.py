@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nsrep import kernels
-from nsrep.branches import Branch
-from nsrep.families import QA_FAMILIES
+from nsrep.nn import kernels
+from nsrep.nn.branches import Branch
+from nsrep.nn.conv import RepConv2d
+from nsrep.nn.families import QA_FAMILIES
 from nsrep.nn.unit import UnitConfig, unit_config
-from nsrep.units import RepConv2d
 
 __all__ = ["QA_FAMILIES", "NoNorm", "QARepConv2d", "strip_final_norms"]
 
