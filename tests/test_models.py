@@ -83,8 +83,8 @@ def test_imagenet_stem_and_plain_stem(arch, family, stem_unit):
 
 @pytest.mark.parametrize("family", ["dbb", "acnet", "ns", "mobileone", "repvgg"])
 def test_ns_equals_block_with_zero_shifts_and_means(family):
-    """DESIGN §4: in eval mode an ns network computes, in its aggregate, the block network with branch biases
-    scaled by S_in; with every BN shift and running mean at zero the two give the same output."""
+    """In eval mode an ns network computes, in its aggregate, the block network with branch biases scaled by
+    S_in; with every BN shift and running mean at zero the two give the same output (docs/architecture.md)."""
     options = {"num_classes": NUM_CLASSES, "stem": "cifar", "width_mult": 0.125}
     ns = nsrep.create_model("resnet18", family=family, connectivity="ns", **options).double()
     train_steps(ns, _input(), loss_fn=classification_loss(NUM_CLASSES))

@@ -3,7 +3,7 @@
 Each module takes stream sets ``(S, B, ...)`` (the stream axis first, as everywhere in nsrep) and folds to the
 plain op it replaces, taking the same call arguments, so :func:`nsrep.reparameterize` also works on a
 converted graph. Linear ops act per stream; a constant or a plain tensor that enters a stream set is split as
-``c/S`` so that the aggregate receives it once (DESIGN §3); non-linear decisions come from the aggregate.
+``c/S`` so that the aggregate receives it once; non-linear decisions come from the aggregate.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Every value of the traced graph gets a state:
   may multiply stream sets and feed plain ops, nothing else), ``"forced"`` (an op that is not stream-aware
   ran on the aggregate: only plain ops may follow, up to the output).
 
-Ops, given the states of their inputs (streams-first stream sets, DESIGN §1-§3):
+Ops, given the states of their inputs (streams-first stream sets, docs/architecture.md):
 
 - ``Conv2d`` on the input or on streams: a unit (absorbing the ``BatchNorm2d`` that is its only user); on a
   ``Merged`` value (SE convs, head convs): kept plain, on the aggregate, so its bias counts once;

@@ -92,7 +92,7 @@ def preserve_function(unit: RepConv2d, conv: nn.Conv2d, bn: nn.BatchNorm2d | Non
 
     The k×k branch (branch 0 of every family) gets the conv kernel and the BN; every other branch's final BN
     gets weight 0 and bias 0, so it outputs exactly 0 (eval and train). The unit's aggregate bias is
-    ``bias_multiplier`` (S_in for ns) times its branches' (DESIGN §4), so the k×k branch holds the original
+    ``bias_multiplier`` (S_in for ns) times its branches', so the k×k branch holds the original
     bias divided by it: BN bias and running mean both divided (``scale*(z - m/S) + b/S``), the scale untouched.
     """
     main = unit.branches[0]

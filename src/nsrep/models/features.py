@@ -1,7 +1,7 @@
 """Multi-scale features for dense prediction: ``features_only``/``out_indices`` and ``feature_info`` (timm's names).
 
 A feature map handed to the user is always an ordinary batch ``(B, C, H, W)``: in the training form it is the
-aggregate of the stream set at that point (the sum over streams, DESIGN §1), which in eval mode is exactly the
+aggregate of the stream set at that point (the sum over streams), which in eval mode is exactly the
 deployed network's map, so a user's neck or head never sees stream sets and folds with the backbone unchanged.
 """
 

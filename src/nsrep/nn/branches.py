@@ -61,7 +61,7 @@ class BNAndPad(nn.BatchNorm2d):
 
     Padding with the value BN gives a zero input makes a following k×k conv see exactly what the folded conv
     sees at the borders. In train mode the shift comes from the batch statistics (the authors' code pads with
-    running statistics even then; we keep the branch one affine map of its input, see DESIGN §4).
+    running statistics even then; we keep the branch one affine map of its input; docs/architecture.md, Folding).
     """
 
     def __init__(self, num_features: int, pad: tuple[int, int], **kwargs) -> None:

@@ -1,4 +1,4 @@
-"""How a unit's pairs ``p(k, s) = f_k(x_s)`` become output streams (paper Alg. 1, DESIGN §2).
+"""How a unit's pairs ``p(k, s) = f_k(x_s)`` become output streams (paper Alg. 1; docs/architecture.md).
 
 Pairs are indexed branch-major: pair ``k * S_in + s`` is branch k on stream s. A *partition* is a
 ``(groups, pairs_per_group)`` index tensor that uses every pair exactly once; output stream j is the sum of

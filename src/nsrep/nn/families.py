@@ -1,4 +1,4 @@
-"""Families: which branches a unit has, as a function of the conv it replaces (DESIGN §1).
+"""Families: which branches a unit has, as a function of the conv it replaces (docs/architecture.md).
 
 Each family is a function ``(geometry, num_branches) -> list[Branch]``. Every family handles stride,
 padding, dilation and groups; 1×1 units get the family's pointwise form (documented per family below).

@@ -11,7 +11,7 @@ class Foldable(nn.Module):
     """Base of every module that :func:`nsrep.reparameterize` swaps: ``fold()`` returns a new plain module.
 
     Units fold to ``nn.Conv2d``/``nn.Linear``, guided ops to their plain op, stream plumbing to identities.
-    ``fold`` never changes ``self`` (one verb, one direction; see STYLE.md).
+    ``fold`` never changes ``self`` (one verb, one direction: callers may fold a live training model).
     """
 
     def fold(self) -> nn.Module:

@@ -1,7 +1,7 @@
 """Stream sets: a branch-level network carries S feature maps, stored streams-first as ``(S, B, C, H, W)``.
 
 Streams-first makes a conv over all streams one call on the free view ``(S*B, C, H, W)``. The deployed
-network computes exactly the aggregate ``A = sum_s x_s`` (DESIGN §1).
+network computes exactly the aggregate ``A = sum_s x_s`` (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ def spread(x: Tensor, m: int) -> Tensor:
 
 
 def add_streams(a: Tensor, b: Tensor, max_streams: int = 64) -> Tensor:
-    """Residual add of two stream sets (DESIGN §2), aggregate preserved.
+    """Residual add of two stream sets, aggregate preserved.
 
     Equal counts add stream-wise; otherwise both sides are spread to ``lcm(S_a, S_b)`` streams, which is the
-    larger count when one divides the other (a 1-stream shortcut). Departure from DESIGN §2, which raises
-    when neither count divides the other: families whose identity branch exists only where it is legal
+    larger count when one divides the other (a 1-stream shortcut). Stricter rules (raise unless one count
+    divides the other) break families whose identity branch exists only where it is legal
     (repvgg, mobileone) give neighbouring units 2 and 3 streams in an ordinary ResNet, and the lcm spread is
     the exact, bounded continuation. Counts whose lcm passes ``max_streams`` are refused.
     """
