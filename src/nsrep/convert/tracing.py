@@ -33,7 +33,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import NoReturn
 
-import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
@@ -48,18 +47,14 @@ from nsrep.convert.ops import (
     StreamFlatten,
     StreamReshape,
 )
+from nsrep.convert.recognize import GUIDED_SET, classify, guided_op, is_constant, is_global_size, node_arg
 from nsrep.convert.report import Conversion, ConvertedConv
 from nsrep.convert.units import build_unit
-from nsrep.nn.activations import ACTIVATIONS, activation_of_call, activation_of_module, guided_activation
 from nsrep.nn.conv import UnitConfig
-from nsrep.nn.guided import GuidedActivation, GuidedMaxPool2d
+from nsrep.nn.guided import GuidedMaxPool2d
 from nsrep.nn.streams import StreamEntry, StreamSum
 
 __all__ = ["ConvertedModel", "rewrite", "trace"]
-
-GUIDED_SET = ", ".join(act.plain.__name__ for act in ACTIVATIONS.values()) + (
-    " (Sigmoid/Hardsigmoid only as multiplicative gates)"
-)
 
 
 class ConvertedModel(fx.GraphModule):
@@ -92,128 +87,6 @@ class Merged:
 
 PLAIN = Plain()
 _RANK = {None: 0, "gate": 1, "forced": 2}
-
-# --- op tables ----------------------------------------------------------------------------------------------
-_GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
-_GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
-_ADD = {operator.add, operator.iadd, torch.add}
-_SUB = {operator.sub, operator.isub, torch.sub}
-_MUL = {operator.mul, operator.imul, torch.mul}
-_DIV = {operator.truediv, operator.itruediv, torch.div}
-_CAT = {torch.cat, torch.concat, torch.concatenate}
-_SHAPE_METHODS = {"size", "dim"}
-_SHAPE_ATTRS = {"shape", "dtype", "device", "ndim"}
-_PASS_METHODS = {"contiguous", "clone"}
-
-
-def _arg(node: fx.Node, index: int, name: str, default=None):
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
-def _constant(value) -> bool:
-    return not any(isinstance(v, fx.Node) for v in (value if isinstance(value, tuple | list) else (value,)))
-
-
-def _is_global(size) -> bool:
-    return size == 1 or (isinstance(size, tuple | list) and len(size) == 2 and all(s == 1 for s in size))
-
-
-def _classify(node: fx.Node, module: nn.Module | None) -> str:
-    """The op kind of a call node (what it becomes on stream sets)."""
-    if module is not None:
-        table = {
-            nn.Conv2d: "conv",
-            nn.BatchNorm2d: "bn",
-            nn.MaxPool2d: "maxpool",
-            nn.AvgPool2d: "per_stream",
-            nn.Upsample: "per_stream",
-            nn.UpsamplingNearest2d: "per_stream",
-            nn.UpsamplingBilinear2d: "per_stream",
-            nn.ConvTranspose2d: "conv_transpose",
-            nn.AdaptiveAvgPool2d: "adaptive_avg",
-            nn.Flatten: "flatten",
-            nn.Dropout: "dropout",
-            nn.Dropout2d: "dropout",
-            nn.Identity: "pass",
-            nn.Sigmoid: "gate",
-            nn.Hardsigmoid: "gate",
-        }
-        if activation_of_module(module) is not None:
-            return "act"
-        return table.get(type(module), "other")
-    target = node.target
-    if node.op == "call_method":
-        if activation_of_call(target, method=True) is not None:
-            return "act"
-        if target == "sigmoid":
-            return "gate"
-        if target in ("add", "add_"):
-            return "add"
-        if target in ("sub", "sub_"):
-            return "sub"
-        if target in ("mul", "mul_"):
-            return "mul"
-        if target in ("div", "div_"):
-            return "div"
-        if target == "flatten":
-            return "flatten"
-        if target in ("view", "reshape"):
-            return "reshape"
-        if target == "mean":
-            return "mean"
-        if target in _SHAPE_METHODS:
-            return "shape"
-        if target in _PASS_METHODS:
-            return "pass"
-        return "other"
-    if activation_of_call(target, method=False) is not None:
-        return "act"
-    if target in _GATE_FUNCTIONS:
-        return "gate"
-    if target in _ADD:
-        return "add"
-    if target in _SUB:
-        return "sub"
-    if target in _MUL:
-        return "mul"
-    if target in _DIV:
-        return "div"
-    if target in _CAT:
-        return "cat"
-    if target is torch.flatten:
-        return "flatten"
-    if target is torch.reshape:
-        return "reshape"
-    if target is torch.mean:
-        return "mean"
-    if target is F.max_pool2d:
-        return "maxpool"
-    if target in (F.avg_pool2d, F.interpolate):
-        return "per_stream"
-    if target is F.adaptive_avg_pool2d:
-        return "adaptive_avg"
-    if target in (F.dropout, F.dropout2d):
-        return "dropout"
-    if target is getattr and node.args[1] in _SHAPE_ATTRS:
-        return "shape"
-    return "other"
-
-
-def _guided(node: fx.Node, module: nn.Module | None) -> GuidedActivation | None:
-    """The guided version of an activation call, or None when its arguments are not constants."""
-    if module is not None:
-        name = activation_of_module(module)
-        option = ACTIVATIONS[name].option
-        options = {} if option is None else {option: getattr(module, option)}
-    else:
-        name = activation_of_call(node.target, method=node.op == "call_method")
-        act = ACTIVATIONS[name]
-        options = {} if act.option is None else {act.option: _arg(node, 1, act.option, act.option_default)}
-        if not all(_constant(v) for v in options.values()):
-            return None
-    return guided_activation(name, **options)
 
 
 class _Rewriter:
@@ -307,7 +180,7 @@ class _Rewriter:
                 self.sum_inputs(node)
             else:
                 module = self.module(node)
-                kind = _classify(node, module)
+                kind = classify(node, module)
                 inputs = [self.st(v) for v in node.all_input_nodes]
                 if any(isinstance(s, Streams) for s in inputs) or kind == "conv" or kind == "dropout":
                     result = getattr(self, f"visit_{kind}")(node, module)
@@ -391,7 +264,7 @@ class _Rewriter:
         return node, self.st(node.args[0])
 
     def visit_act(self, node: fx.Node, module):
-        guided = _guided(node, module)
+        guided = guided_op(node, module)
         if guided is None:
             return self.visit_other(node, module)
         self.report.guided.append(self.describe(node))
@@ -411,9 +284,9 @@ class _Rewriter:
         else:
             names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
             defaults = (None, None, 0, 1, False)
-            options = [_arg(node, i + 1, n, d) for i, (n, d) in enumerate(zip(names, defaults, strict=True))]
-            indices = _arg(node, 6, "return_indices", False)
-        if indices or not all(_constant(o) for o in options):
+            options = [node_arg(node, i + 1, n, d) for i, (n, d) in enumerate(zip(names, defaults, strict=True))]
+            indices = node_arg(node, 6, "return_indices", False)
+        if indices or not all(is_constant(o) for o in options):
             return self.visit_other(node, module)
         self.report.guided.append(self.describe(node))
         s = self.st(node.args[0])
@@ -436,13 +309,13 @@ class _Rewriter:
         return node, Merged(None, origin)
 
     def visit_adaptive_avg(self, node: fx.Node, module):
-        size = module.output_size if module is not None else _arg(node, 1, "output_size")
-        if _is_global(size):
+        size = module.output_size if module is not None else node_arg(node, 1, "output_size")
+        if is_global_size(size):
             return self.global_pool(node)
         return self.visit_per_stream(node, module)
 
     def visit_mean(self, node: fx.Node, module):
-        dims = _arg(node, 1, "dim")
+        dims = node_arg(node, 1, "dim")
         dims = {dims} if isinstance(dims, int) else set(dims or ())
         if len(node.all_input_nodes) == 1 and (dims >= {2, 3} or dims >= {-1, -2}):
             return self.global_pool(node)
@@ -479,7 +352,7 @@ class _Rewriter:
         return self.visit_mul(node, module, divide=True)
 
     def visit_cat(self, node: fx.Node, module):
-        tensors, dim = node.args[0], _arg(node, 1, "dim", 0)
+        tensors, dim = node.args[0], node_arg(node, 1, "dim", 0)
         if not isinstance(tensors, tuple | list) or not isinstance(dim, int):
             return self.visit_other(node, module)
         self.check_mixable(node, tensors)
@@ -492,7 +365,7 @@ class _Rewriter:
         if module is not None:
             start, end = module.start_dim, module.end_dim
         else:
-            start, end = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
+            start, end = node_arg(node, 1, "start_dim", 0), node_arg(node, 2, "end_dim", -1)
         if not (isinstance(start, int) and isinstance(end, int)) or len(node.all_input_nodes) != 1:
             return self.visit_other(node, module)
         self.report.stream_ops.append(self.describe(node))
@@ -524,8 +397,8 @@ class _Rewriter:
                 return node, result
             p, channelwise = module.p, isinstance(module, nn.Dropout2d)
         else:
-            p, channelwise = _arg(node, 1, "p", 0.5), node.target is F.dropout2d
-            if not _constant(p):
+            p, channelwise = node_arg(node, 1, "p", 0.5), node.target is F.dropout2d
+            if not is_constant(p):
                 return self.visit_other(node, module) if on_streams else (node, result)
         if on_streams:
             self.report.stream_ops.append(self.describe(node))
