@@ -13,9 +13,10 @@ from typing import overload
 
 from torch import Tensor, nn
 
+from nsrep.models.common import ClassifierHead
 from nsrep.models.factory import LayerFactory
 
-__all__ = ["FeatureInfo", "FeatureLevel", "FeatureTaps", "check_out_indices"]
+__all__ = ["Backbone", "FeatureInfo", "FeatureLevel", "FeatureTaps", "check_out_indices"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +121,35 @@ class FeatureTaps(nn.Module):
     @property
     def last(self) -> int:
         return self.out_indices[-1]
+
+
+class Backbone(nn.Module):
+    """What every architecture shares at its output end: the chosen feature levels, then either the taps of
+    those levels (``features_only``) or the classifier head, and a ``forward`` that picks between them.
+
+    A subclass calls :meth:`_choose_levels` before building its stages (it may stop at the last chosen level)
+    and :meth:`_attach_output` after; it defines ``forward_features`` (stem and stages) and ``forward_levels``.
+    """
+
+    def _choose_levels(
+        self, levels: Sequence[FeatureLevel], out_indices: Sequence[int] | None, features_only: bool
+    ) -> tuple[int, ...]:
+        """Check ``out_indices`` against ``levels``; record ``feature_info``; return the chosen indices."""
+        if out_indices is not None and not features_only:
+            raise ValueError(f"out_indices={out_indices!r} applies only with features_only=True")
+        indices = check_out_indices(out_indices, len(levels))
+        self.features_only = features_only
+        self.feature_info = FeatureInfo([levels[i] for i in indices], indices)
+        return indices
+
+    def _attach_output(self, layers: LayerFactory, in_channels: int, num_classes: int) -> None:
+        """The feature taps of the chosen levels, or the classifier head on ``in_channels``."""
+        if self.features_only:
+            self.taps = FeatureTaps(layers, self.feature_info.out_indices)
+        else:
+            self.head = ClassifierHead(layers, in_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        if self.features_only:
+            return self.forward_levels(x)
+        return self.head(self.forward_features(x))

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from nsrep.models.common import STEMS, ClassifierHead, Stem, check_memory, init_weights, run_blocks, scale_channels
+from nsrep.models.common import STEMS, Stem, check_memory, init_weights, run_blocks, scale_channels
 from nsrep.models.factory import LayerFactory
-from nsrep.models.features import FeatureInfo, FeatureLevel, FeatureTaps, check_out_indices
+from nsrep.models.features import Backbone, FeatureLevel
 from nsrep.nn.streams import streams_out
 from nsrep.validation import check_choice
 
@@ -38,7 +38,7 @@ class ConvAct(nn.Module):
         return self.act(self.conv(x))
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(Backbone):
     """MobileNetV1; ``features_only=True`` drops the head and returns the maps of the levels in ``out_indices``
     (default all): level i is the last block at each resolution (5 levels; see :attr:`feature_info`)."""
 
@@ -64,9 +64,7 @@ class MobileNetV1(nn.Module):
         self.stem = Stem(layers, stem_layers, in_chans, ch, 3, stem_stride, max_pool=False)
         streams = self.stem.out_streams
         levels, ends = _levels(stem_stride, width_mult)
-        if out_indices is not None and not features_only:
-            raise ValueError(f"out_indices={out_indices!r} applies only with features_only=True")
-        indices = check_out_indices(out_indices, len(levels))
+        indices = self._choose_levels(levels, out_indices, features_only)
         # block position -> feature level it ends; blocks past the last chosen level are not built
         self._level_ends = {ends[i]: i for i in indices}
         num_blocks = ends[indices[-1]] + 1 if features_only else len(MOBILENET_V1_BLOCKS)
@@ -78,12 +76,7 @@ class MobileNetV1(nn.Module):
             blocks.append(nn.Sequential(dw, pw))
             ch, streams = out, pw.out_streams
         self.stages = nn.Sequential(*blocks)
-        self.features_only = features_only
-        self.feature_info = FeatureInfo([levels[i] for i in indices], indices)
-        if features_only:
-            self.taps = FeatureTaps(layers, indices)
-        else:
-            self.head = ClassifierHead(layers, ch, num_classes)
+        self._attach_output(layers, ch, num_classes)
         init_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -98,11 +91,6 @@ class MobileNetV1(nn.Module):
             if j in self._level_ends:
                 self.taps.tap(self._level_ends[j], x, features)
         return features
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        if self.features_only:
-            return self.forward_levels(x)
-        return self.head(self.forward_features(x))
 
 
 def _levels(stem_stride: int, width_mult: float) -> tuple[list[FeatureLevel], list[int]]:

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from nsrep.models.common import STEMS, ClassifierHead, Stem, check_memory, init_weights, run_blocks, scale_channels
+from nsrep.models.common import STEMS, Stem, check_memory, init_weights, run_blocks, scale_channels
 from nsrep.models.factory import LayerFactory
-from nsrep.models.features import FeatureInfo, FeatureLevel, FeatureTaps, check_out_indices
+from nsrep.models.features import Backbone, FeatureLevel
 from nsrep.nn.streams import streams_out
 from nsrep.validation import check_choice
 
@@ -105,7 +105,7 @@ class Stage(nn.Sequential):
         return run_blocks(self, x, self.memory)
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """ResNet-18/34/50/101 and ResNeXt; ``stem_unit=False`` keeps the stem a plain conv+BN; ``memory``
     ("default" or "checkpoint") trades compute for activation memory per residual block.
 
@@ -146,9 +146,7 @@ class ResNet(nn.Module):
             FeatureLevel(w * block.expansion, stem_reduction * (2 if pool else 1) * 2**i, f"stages.{i}")
             for i, w in enumerate(widths)
         ]
-        if out_indices is not None and not features_only:
-            raise ValueError(f"out_indices={out_indices!r} applies only with features_only=True")
-        indices = check_out_indices(out_indices, len(levels))
+        indices = self._choose_levels(levels, out_indices, features_only)
         num_stages = indices[-1] if features_only else len(widths)
         stages = []
         for i, (planes, depth) in enumerate(zip(widths[:num_stages], depths, strict=False)):
@@ -160,12 +158,7 @@ class ResNet(nn.Module):
                 streams, in_ch = blk.out_streams, planes * block.expansion
             stages.append(Stage(*blocks, memory=memory))
         self.stages = nn.Sequential(*stages)
-        self.features_only = features_only
-        self.feature_info = FeatureInfo([levels[i] for i in indices], indices)
-        if features_only:
-            self.taps = FeatureTaps(layers, indices)
-        else:
-            self.head = ClassifierHead(layers, in_ch, num_classes)
+        self._attach_output(layers, in_ch, num_classes)
         init_weights(self)
 
     @property
@@ -192,8 +185,3 @@ class ResNet(nn.Module):
             x = stage(x)
             self.taps.tap(i, x, features)
         return features
-
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
-        if self.features_only:
-            return self.forward_levels(x)
-        return self.head(self.forward_features(x))
