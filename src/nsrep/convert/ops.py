@@ -272,22 +272,7 @@ class StreamConvTranspose2d(Foldable, nn.ConvTranspose2d):
 
     @classmethod
     def from_module(cls, conv: nn.ConvTranspose2d) -> StreamConvTranspose2d:
-        new = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.output_padding,
-            conv.groups,
-            conv.bias is not None,
-            conv.dilation,
-            conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        new.load_state_dict(conv.state_dict())
-        return new.train(conv.training)
+        return _copy_transposed_conv(conv, cls)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:
@@ -301,19 +286,24 @@ class StreamConvTranspose2d(Foldable, nn.ConvTranspose2d):
         )
 
     def fold(self) -> nn.Module:
-        conv = nn.ConvTranspose2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.output_padding,
-            self.groups,
-            self.bias is not None,
-            self.dilation,
-            self.padding_mode,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
-        conv.load_state_dict(self.state_dict())
-        return conv
+        return _copy_transposed_conv(self, nn.ConvTranspose2d)
+
+
+def _copy_transposed_conv(conv: nn.ConvTranspose2d, cls: type[nn.ConvTranspose2d]) -> nn.ConvTranspose2d:
+    """A ``cls`` with ``conv``'s hyper-parameters, device, dtype, weights and train/eval mode."""
+    new = cls(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.output_padding,
+        conv.groups,
+        conv.bias is not None,
+        conv.dilation,
+        conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    new.load_state_dict(conv.state_dict())
+    return new.train(conv.training)
