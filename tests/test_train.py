@@ -256,20 +256,20 @@ def dying_save(obj, f, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 torch.save = dying_save
-save_checkpoint({"config": {}, "model_config": {}, "epoch": 2, "model": {"w": torch.ones(3)}}, sys.argv[1])
+save_checkpoint({"config": {}, "model_record": {}, "epoch": 2, "model": {"w": torch.ones(3)}}, sys.argv[1])
 """
 
 
 def test_a_killed_write_never_leaves_a_truncated_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"config": {}, "model_config": {}, "epoch": 1, "model": {"w": torch.zeros(3)}}, path)
+    save_checkpoint({"config": {}, "model_record": {}, "epoch": 1, "model": {"w": torch.zeros(3)}}, path)
     before = file_digest(path)
     proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)], capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()
     assert file_digest(path) == before
     assert load_checkpoint(path)["epoch"] == 1
     assert list(tmp_path.glob(".checkpoint.pt.tmp-*"))  # the killed write's temporary file
-    save_checkpoint({"config": {}, "model_config": {}, "epoch": 3, "model": {"w": torch.ones(3)}}, path)
+    save_checkpoint({"config": {}, "model_record": {}, "epoch": 3, "model": {"w": torch.ones(3)}}, path)
     assert not list(tmp_path.glob(".checkpoint.pt.tmp-*")) and load_checkpoint(path)["epoch"] == 3
 
 
@@ -296,10 +296,10 @@ class Unpicklable:
 
 def test_a_failed_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"config": {}, "model_config": {}, "epoch": 1, "model": {}}, path)
+    save_checkpoint({"config": {}, "model_record": {}, "epoch": 1, "model": {}}, path)
     before = file_digest(path)
     with pytest.raises(RuntimeError, match="cannot pickle this"):
-        save_checkpoint({"config": {}, "model_config": {}, "epoch": 2, "model": {}, "bad": Unpicklable()}, path)
+        save_checkpoint({"config": {}, "model_record": {}, "epoch": 2, "model": {}, "bad": Unpicklable()}, path)
     assert file_digest(path) == before and not list(tmp_path.glob(".checkpoint.pt.tmp-*"))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import statistics
 from dataclasses import dataclass, replace
@@ -22,7 +21,8 @@ from tqdm.auto import tqdm
 
 from nsrep.experiments.spec import RunPlan, SweepSpec, load_spec
 from nsrep.fileio import atomic_write
-from nsrep.train.trainer import CHECKPOINT_FILE, SUMMARY_FILE, read_metrics, train
+from nsrep.train.folders import RunFolder
+from nsrep.train.trainer import read_metrics, train
 
 __all__ = [
     "RESULT_FIELDS",
@@ -105,7 +105,7 @@ def _claim_folder(out: Path, spec_path: Path, spec: SweepSpec) -> None:
 
 
 def _finished(run_dir: Path) -> bool:
-    return (run_dir / SUMMARY_FILE).is_file()
+    return RunFolder(run_dir).state == "finished"
 
 
 def run_sweep(
@@ -138,7 +138,7 @@ def run_sweep(
             continue
         bar.set_postfix_str(plan.name)
         config = plan.config if progress else replace(plan.config, progress=False)
-        train(config, run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file())
+        train(config, run_dir, resume=RunFolder(run_dir).state == "resumable")
         trained.append(plan.name)
         collect_results(spec, out)
     results = collect_results(spec, out)
@@ -146,7 +146,7 @@ def run_sweep(
 
 
 def _result_row(plan: RunPlan, run_dir: Path) -> dict[str, Any]:
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    summary = RunFolder(run_dir).read_summary()
     metrics = read_metrics(run_dir)
     return {
         "run": plan.name,

@@ -7,7 +7,6 @@ one resumed. The table gives both forms' accuracy, parameters and deployed laten
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -19,12 +18,11 @@ from typing import Any
 
 import torch
 
-from nsrep.export import load_deployed, read_preprocess
 from nsrep.info import markdown_table
-from nsrep.train.checkpoint import load_checkpoint
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe
+from nsrep.train.folders import RunFolder
 from nsrep.train.plots import plot_learning_curves
-from nsrep.train.trainer import CHECKPOINT_FILE, DEPLOY_DIR, SUMMARY_FILE, read_metrics, train
+from nsrep.train.trainer import train
 
 __all__ = ["DEMO_VARIANTS", "DemoRow", "deployed_latencies_ms", "format_demo_table", "run_demo"]
 
@@ -68,11 +66,8 @@ def deployed_latencies_ms(
 
 
 def _finished_with(run_dir: Path, config: TrainConfig) -> bool:
-    summary = run_dir / SUMMARY_FILE
-    checkpoint = run_dir / CHECKPOINT_FILE
-    if not (summary.is_file() and checkpoint.is_file()):
-        return False
-    return load_checkpoint(checkpoint)["config"] == config.to_dict()
+    folder = RunFolder(run_dir)
+    return folder.state == "finished" and folder.load_checkpoint()["config"] == config.to_dict()
 
 
 def run_demo(
@@ -100,12 +95,12 @@ def run_demo(
             print(f"{label}: reusing the finished run in {run_dir} (pass --fresh to retrain)", flush=True)
         else:
             print(f"{label}: training in {run_dir}", flush=True)
-            train(config, run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file())
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-        curves[label] = read_metrics(run_dir)
-        deploy_dir = run_dir / DEPLOY_DIR
-        meta = read_preprocess(deploy_dir)
-        deployed.append(load_deployed(deploy_dir))
+            train(config, run_dir, resume=RunFolder(run_dir).state in ("resumable", "finished"))
+        folder = RunFolder(run_dir)
+        summary = folder.read_summary()
+        curves[label] = folder.read_metrics()
+        meta = folder.deploy.read_preprocess()
+        deployed.append(folder.deploy.load())
         inputs.append(torch.randn(1, meta["in_chans"], meta["input_size"], meta["input_size"]))
         rows.append(
             DemoRow(

@@ -1,14 +1,13 @@
 """The training loop: one run of a :class:`TrainConfig`, resumable, data-parallel, ending in a deployed model.
 
-A run folder holds ``config.yaml`` (what was asked), ``checkpoint.pt`` (rewritten atomically after every
-epoch), ``metrics.jsonl`` (one JSON line per epoch), ``summary.json`` (final accuracies of the training and
-deployed forms) and ``deploy/`` (safetensors weights and the JSON that rebuilds the plain network).
+The run folder (:class:`nsrep.train.folders.RunFolder`) names and writes the files: the configuration, a
+checkpoint rewritten atomically after every epoch, the per-epoch metrics, the summary (final accuracies of
+the training and deployed forms) and the deploy folder.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import resource
@@ -23,23 +22,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from nsrep.export import save_deployed
-from nsrep.fileio import atomic_write, write_json
 from nsrep.info import count_parameters
 from nsrep.models import create_model
+from nsrep.models.record import ModelRecord
 from nsrep.nn.conv import reference_copy
 from nsrep.reparam import reparameterize, unwrap_model, verify_equivalence
 from nsrep.train import distributed
 from nsrep.train.augment import BatchTransform, build_transform
-from nsrep.train.checkpoint import load_checkpoint, save_checkpoint
-from nsrep.train.config import EXECUTION_FIELDS, TrainConfig
+from nsrep.train.config import TrainConfig
 from nsrep.train.data import ImageData, describe, load_data
+from nsrep.train.folders import RunFolder
 from nsrep.train.regularize import equivalent_kernel_l2, unit_parameter_ids
 
 __all__ = [
@@ -52,12 +49,6 @@ __all__ = [
     "stored_config",
     "train",
 ]
-
-CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"
-DEPLOY_DIR = "deploy"
 
 
 @dataclass(frozen=True)
@@ -304,61 +295,23 @@ def _peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # lifetime peak (KiB on Linux)
 
 
-def _config_conflicts(saved: dict[str, Any], asked: TrainConfig) -> list[str]:
-    asked_dict = asked.to_dict()
-    return [
-        f"{key}={saved.get(key)!r} in the checkpoint, {value!r} asked"
-        for key, value in asked_dict.items()
-        if key not in EXECUTION_FIELDS and saved.get(key) != value
-    ]
-
-
 def _prepare_run_dir(run_dir: Path | None, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
     """Refuse to overwrite a run and to resume a different one; returns the checkpoint to resume from."""
     if run_dir is None:
         if resume:
             raise ValueError("--resume needs the run folder (--out) of the run to continue")
         return None
-    checkpoint = run_dir / CHECKPOINT_FILE
-    if not resume:
-        if checkpoint.exists() or (run_dir / SUMMARY_FILE).exists():
-            raise ValueError(
-                f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        return None
-    if not checkpoint.exists():
-        raise ValueError(f"nothing to resume: {str(checkpoint)!r} does not exist")
-    state = load_checkpoint(checkpoint)
-    conflicts = _config_conflicts(state["config"], config)
-    if conflicts:
-        raise ValueError(f"cannot resume {str(run_dir)!r} with a different configuration: {'; '.join(conflicts)}")
-    return state
+    return RunFolder(run_dir).open(config, resume=resume)
 
 
 def stored_config(run_dir: str | Path) -> TrainConfig:
     """The configuration a run folder's checkpoint was trained with."""
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
-    return TrainConfig.from_dict(state["config"], source=f"checkpoint in {str(run_dir)!r}")
+    return RunFolder(run_dir).stored_config()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run folder's ``metrics.jsonl``."""
-    return [json.loads(line) for line in (Path(run_dir) / METRICS_FILE).read_text().splitlines()]
-
-
-def _write_metrics(run_dir: Path, metrics: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(m) + "\n" for m in metrics)
-    atomic_write(run_dir / METRICS_FILE, lambda f: f.write(text.encode()))
-
-
-def _tensorboard(run_dir: Path | None) -> Any:
-    if run_dir is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    """The per-epoch records of a run folder's metrics."""
+    return RunFolder(run_dir).read_metrics()
 
 
 def _loaders(
@@ -487,12 +440,13 @@ def _train(
 
     ddp = DistributedDataParallel(model) if env.distributed else model
     writer = None
-    if env.is_main and run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(run_dir) if run_dir is not None else None
+    if env.is_main and folder is not None:
+        folder.path.mkdir(parents=True, exist_ok=True)
         if state is None:
-            atomic_write(run_dir / CONFIG_FILE, lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
-        _write_metrics(run_dir, metrics)  # a resumed run drops lines of epochs after its checkpoint
-        writer = _tensorboard(run_dir)
+            folder.write_config(config)
+        folder.write_metrics(metrics)  # a resumed run drops lines of epochs after its checkpoint
+        writer = folder.tensorboard()
     show = env.is_main and config.progress
     if env.is_main:
         tqdm.write(f"{describe(data)}; {env.world_size} process(es) on {env.device}", file=sys.stderr)
@@ -576,11 +530,11 @@ def _train(
                 f"{record['images_per_second']:.0f} img/s",
                 file=sys.stderr,
             )
-            if run_dir is not None:
-                save_checkpoint(
+            if folder is not None:
+                folder.save_checkpoint(
                     {
                         "config": config.to_dict(),
-                        "model_config": unwrap_model(model).nsrep_config,
+                        "model_record": ModelRecord.of(unwrap_model(model)).to_dict(),
                         "data": _data_meta(data, config.data),
                         "epoch": epoch + 1,
                         "model": unwrap_model(model).state_dict(),
@@ -590,10 +544,9 @@ def _train(
                         "rng": rng,
                         "metrics": metrics,
                         "world_size": env.world_size,
-                    },
-                    run_dir / CHECKPOINT_FILE,
+                    }
                 )
-                _write_metrics(run_dir, metrics)
+                folder.write_metrics(metrics)
             if writer is not None:
                 for key, value in record.items():
                     if key != "epoch":
@@ -649,7 +602,8 @@ def _finish(
     if len(set(result.deployed_digests)) != 1:
         raise RuntimeError(f"ranks folded different deployed weights: {result.deployed_digests}")
     if env.is_main and result.run_dir is not None:
-        save_deployed(result.deployed, result.run_dir / DEPLOY_DIR, preprocess=_data_meta(data, result.config.data))
+        folder = RunFolder(result.run_dir)
+        folder.deploy.write(result.deployed, preprocess=_data_meta(data, result.config.data))
         summary = {
             "train_form": asdict(train_form),
             "deployed_form": asdict(deployed_form),
@@ -662,5 +616,5 @@ def _finish(
             "world_size": env.world_size,
             "deployed_sha256_per_rank": result.deployed_digests,
         }
-        write_json(result.run_dir / SUMMARY_FILE, summary)
+        folder.write_summary(summary)
     return result
