@@ -399,6 +399,28 @@ def test_demo_trains_prints_the_table_and_plots(tmp_path, capsys):
     assert "reusing the finished run" in capsys.readouterr().out
 
 
+def test_demo_is_a_sweep_spec_and_resumes_an_interrupted_variant(tmp_path, capsys):
+    from nsrep.train.demo import demo_spec, run_demo
+    from nsrep.train.trainer import read_metrics
+
+    overrides = {"epochs": 2, "width_mult": 0.125, "progress": False}
+    spec = demo_spec((("plain", "block"), ("dbb", "ns")), overrides)
+    assert [p.name for p in spec.plans()] == ["plain-block", "dbb-ns"]
+    plan = spec.plans()[0]
+    assert (plan.config.family, plan.config.epochs, plan.config.data) == ("plain", 2, "digits")
+    train(plan.config, tmp_path / plan.name, stop_after=1)  # an interrupted demo run
+    (tmp_path / "dbb-ns").mkdir()
+    (tmp_path / "dbb-ns" / "mine.txt").write_text("not a run")
+    with pytest.raises(ValueError, match="not an nsrep run folder"):  # even with fresh: never deleted
+        run_demo(tmp_path, variants=(("dbb", "ns"),), overrides=overrides, fresh=True)
+    assert (tmp_path / "dbb-ns" / "mine.txt").read_text() == "not a run"
+    run_demo(tmp_path, variants=(("plain", "block"),), overrides=overrides)
+    assert "plain-block: resuming in" in capsys.readouterr().out
+    assert [m["epoch"] for m in read_metrics(tmp_path / "plain-block")] == [1, 2]
+    run_demo(tmp_path, variants=(("plain", "block"),), overrides=overrides)
+    assert "plain-block: reusing the finished run" in capsys.readouterr().out
+
+
 def test_cli_help_lists_the_training_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
