@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_all", "json_bytes", "write_json"]
+__all__ = ["atomic_write", "atomic_write_all", "is_temporary_of", "json_bytes", "write_json"]
 
 _TMP_MARK = ".tmp-"
 
@@ -66,6 +66,11 @@ def atomic_write_all(files: Mapping[str | os.PathLike, bytes]) -> list[Path]:
     for folder in {path.parent for _, path in written}:
         _fsync_dir(folder)
     return [path for _, path in written]
+
+
+def is_temporary_of(name: str, target: str) -> bool:
+    """Whether file ``name`` is a temporary file of an atomic write to ``target`` (left by a killed write)."""
+    return name.startswith(f".{target}{_TMP_MARK}")
 
 
 def _mode_for(path: Path) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from nsrep.fileio import _TMP_MARK, atomic_write, atomic_write_all, json_bytes, write_json
+from nsrep.fileio import atomic_write, atomic_write_all, is_temporary_of, json_bytes, write_json
 from nsrep.models.record import ModelRecord
 from nsrep.reparam import unwrap_model
 from nsrep.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -204,7 +204,7 @@ class RunFolder:
     def _is_run_entry(self, name: str) -> bool:
         if name in self.FILES:
             return True
-        return any(name.startswith(f".{file}{_TMP_MARK}") for file in self.FILES)  # a killed atomic write
+        return any(is_temporary_of(name, file) for file in self.FILES)  # left by a killed atomic write
 
     @property
     def state(self) -> str:
