@@ -13,7 +13,8 @@ from scipy import stats
 
 from nsrep.cli import main
 from nsrep.experiments import build_report, load_spec, mean_std, paired_difference, parse_shard, run_sweep
-from nsrep.train.trainer import SUMMARY_FILE, train
+from nsrep.train.folders import RunFolder
+from nsrep.train.trainer import train
 
 RECIPE = """
 data: synthetic
@@ -64,7 +65,7 @@ def finished_sweep(tmp_path_factory) -> tuple[Path, dict]:
     first = run_sweep(spec_path, out, max_runs=1, progress=False)
     assert len(first.trained) == 1 and len(first.remaining) == 3
     assert len(read_csv(out / "results.csv")) == 1
-    stamps = {first.trained[0]: (out / "runs" / first.trained[0] / SUMMARY_FILE).stat().st_mtime_ns}
+    stamps = {first.trained[0]: (out / "runs" / first.trained[0] / RunFolder.SUMMARY).stat().st_mtime_ns}
     # a run killed after its first epoch: the sweep must resume it, not restart it
     plans = load_spec(spec_path).plans()
     partial = plans[1]
@@ -79,7 +80,7 @@ def finished_sweep(tmp_path_factory) -> tuple[Path, dict]:
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_runs(finished_sweep):
     out, info = finished_sweep
     for name, stamp in info["stamps"].items():  # the first run was never trained again
-        assert (out / "runs" / name / SUMMARY_FILE).stat().st_mtime_ns == stamp
+        assert (out / "runs" / name / RunFolder.SUMMARY).stat().st_mtime_ns == stamp
     metrics = (out / "runs" / info["partial"] / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2  # epoch 1 from the interrupted invocation, epoch 2 from the resumed one
     rows = read_csv(out / "results.csv")

@@ -256,20 +256,20 @@ def dying_save(obj, f, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 torch.save = dying_save
-save_checkpoint({"config": {}, "model_config": {}, "epoch": 2, "model": {"w": torch.ones(3)}}, sys.argv[1])
+save_checkpoint({"config": {}, "model_record": {}, "epoch": 2, "model": {"w": torch.ones(3)}}, sys.argv[1])
 """
 
 
 def test_a_killed_write_never_leaves_a_truncated_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"config": {}, "model_config": {}, "epoch": 1, "model": {"w": torch.zeros(3)}}, path)
+    save_checkpoint({"config": {}, "model_record": {}, "epoch": 1, "model": {"w": torch.zeros(3)}}, path)
     before = file_digest(path)
     proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)], capture_output=True)
     assert proc.returncode == -9, proc.stderr.decode()
     assert file_digest(path) == before
     assert load_checkpoint(path)["epoch"] == 1
     assert list(tmp_path.glob(".checkpoint.pt.tmp-*"))  # the killed write's temporary file
-    save_checkpoint({"config": {}, "model_config": {}, "epoch": 3, "model": {"w": torch.ones(3)}}, path)
+    save_checkpoint({"config": {}, "model_record": {}, "epoch": 3, "model": {"w": torch.ones(3)}}, path)
     assert not list(tmp_path.glob(".checkpoint.pt.tmp-*")) and load_checkpoint(path)["epoch"] == 3
 
 
@@ -296,10 +296,10 @@ class Unpicklable:
 
 def test_a_failed_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"config": {}, "model_config": {}, "epoch": 1, "model": {}}, path)
+    save_checkpoint({"config": {}, "model_record": {}, "epoch": 1, "model": {}}, path)
     before = file_digest(path)
     with pytest.raises(RuntimeError, match="cannot pickle this"):
-        save_checkpoint({"config": {}, "model_config": {}, "epoch": 2, "model": {}, "bad": Unpicklable()}, path)
+        save_checkpoint({"config": {}, "model_record": {}, "epoch": 2, "model": {}, "bad": Unpicklable()}, path)
     assert file_digest(path) == before and not list(tmp_path.glob(".checkpoint.pt.tmp-*"))
 
 
@@ -397,6 +397,28 @@ def test_demo_trains_prints_the_table_and_plots(tmp_path, capsys):
     demo_module.run_demo(tmp_path, variants=(("dbb", "ns"),), overrides={"epochs": 1, "width_mult": 0.125})
     assert (tmp_path / "dbb-ns" / "checkpoint.pt").stat().st_mtime_ns == stamp  # finished run reused
     assert "reusing the finished run" in capsys.readouterr().out
+
+
+def test_demo_is_a_sweep_spec_and_resumes_an_interrupted_variant(tmp_path, capsys):
+    from nsrep.train.demo import demo_spec, run_demo
+    from nsrep.train.trainer import read_metrics
+
+    overrides = {"epochs": 2, "width_mult": 0.125, "progress": False}
+    spec = demo_spec((("plain", "block"), ("dbb", "ns")), overrides)
+    assert [p.name for p in spec.plans()] == ["plain-block", "dbb-ns"]
+    plan = spec.plans()[0]
+    assert (plan.config.family, plan.config.epochs, plan.config.data) == ("plain", 2, "digits")
+    train(plan.config, tmp_path / plan.name, stop_after=1)  # an interrupted demo run
+    (tmp_path / "dbb-ns").mkdir()
+    (tmp_path / "dbb-ns" / "mine.txt").write_text("not a run")
+    with pytest.raises(ValueError, match="not an nsrep run folder"):  # even with fresh: never deleted
+        run_demo(tmp_path, variants=(("dbb", "ns"),), overrides=overrides, fresh=True)
+    assert (tmp_path / "dbb-ns" / "mine.txt").read_text() == "not a run"
+    run_demo(tmp_path, variants=(("plain", "block"),), overrides=overrides)
+    assert "plain-block: resuming in" in capsys.readouterr().out
+    assert [m["epoch"] for m in read_metrics(tmp_path / "plain-block")] == [1, 2]
+    run_demo(tmp_path, variants=(("plain", "block"),), overrides=overrides)
+    assert "plain-block: reusing the finished run" in capsys.readouterr().out
 
 
 def test_cli_help_lists_the_training_commands(capsys):

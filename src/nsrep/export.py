@@ -1,15 +1,15 @@
 """Deployed models on disk: safetensors weights plus the JSON that rebuilds them, and ONNX/TorchScript export.
 
-A deploy folder holds ``model.safetensors`` (the folded, plain network's weights), ``config.json`` (keywords
-of :func:`nsrep.create_model` such that ``create_model(**config, deploy=True)`` has exactly these weights)
-and ``preprocess.json`` (input size, channels, normalisation and class names: what a user needs to feed it).
+A deploy folder (:class:`nsrep.train.folders.DeployFolder`) holds ``model.safetensors`` (the folded, plain
+network's weights), ``config.json`` (the versioned model record of a model or head, such that
+``create_model(**read_config(folder), deploy=True)`` has exactly these weights) and ``preprocess.json`` (input
+size, channels, normalisation and class names: what a user needs to feed it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import warnings
@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from nsrep.fileio import atomic_write, write_json
-from nsrep.models import create_model
-from nsrep.reparam import compare_outputs, unwrap_model
+from nsrep.fileio import atomic_write
+from nsrep.models.record import ModelRecord
+from nsrep.reparam import compare_outputs
+from nsrep.train.folders import DeployFolder
 
 __all__ = [
     "CONFIG_FILE",
@@ -35,73 +36,49 @@ __all__ = [
     "load_deployed",
     "read_config",
     "read_preprocess",
+    "read_record",
     "save_deployed",
 ]
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-PREPROCESS_FILE = "preprocess.json"
-ONNX_FILE = "model.onnx"
-TORCHSCRIPT_FILE = "model.torchscript.pt"
-# keys of nsrep_config that describe the training form only; the deploy config leaves them out
-_TRAINING_ONLY = ("deploy", "bn_init")
+WEIGHTS_FILE = DeployFolder.WEIGHTS
+CONFIG_FILE = DeployFolder.RECORD
+PREPROCESS_FILE = DeployFolder.PREPROCESS
+ONNX_FILE = DeployFolder.ONNX
+TORCHSCRIPT_FILE = DeployFolder.TORCHSCRIPT
 
 
 def save_deployed(model: nn.Module, out_dir: str | os.PathLike, *, preprocess: dict[str, Any] | None = None) -> Path:
-    """Save a deployed (reparameterized) nsrep model as safetensors + ``config.json`` (+ ``preprocess.json``).
+    """Save a deployed (reparameterized) nsrep model or head as safetensors + ``config.json`` (+
+    ``preprocess.json``), all written together or none. Raises ``ValueError`` for anything else."""
+    return DeployFolder(out_dir).write(model, preprocess=preprocess)
 
-    Each file is written atomically. Raises ``ValueError`` for a model that is not a deployed nsrep model.
-    """
-    from safetensors.torch import save
 
-    model = unwrap_model(model)
-    config = getattr(model, "nsrep_config", None)
-    if not isinstance(config, dict) or not config.get("deploy", False):
-        raise ValueError("save_deployed expects a model from nsrep.reparameterize (or create_model(..., deploy=True))")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out / WEIGHTS_FILE, lambda f: f.write(save(tensors, metadata={"producer": "nsrep"})))
-    write_json(out / CONFIG_FILE, {k: v for k, v in config.items() if k not in _TRAINING_ONLY})
-    if preprocess is not None:
-        write_json(out / PREPROCESS_FILE, preprocess)
-    return out
+def read_record(model_dir: str | os.PathLike) -> ModelRecord:
+    """The model record stored in a deploy folder."""
+    return DeployFolder(model_dir).read_record()
 
 
 def read_config(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``create_model`` keywords stored in a deploy folder."""
-    path = Path(model_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise ValueError(f"{str(model_dir)!r} is not a deploy folder: {CONFIG_FILE} is missing")
-    return json.loads(path.read_text())
+    """The builder keywords stored in a deploy folder (``create_model`` / ``create_head`` keywords)."""
+    return DeployFolder(model_dir).read_config()
 
 
 def read_preprocess(model_dir: str | os.PathLike) -> dict[str, Any]:
     """Input size, channels, mean/std and class names of a deployed model ({} when it was saved without)."""
-    path = Path(model_dir) / PREPROCESS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return DeployFolder(model_dir).read_preprocess()
 
 
 def load_deployed(model_dir: str | os.PathLike) -> nn.Module:
-    """Rebuild ``create_model(**config, deploy=True)`` from a deploy folder and load its weights strictly."""
-    from safetensors.torch import load_file
-
-    model_dir = Path(model_dir)
-    config = read_config(model_dir)
-    weights = model_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ValueError(f"{str(model_dir)!r} is not a deploy folder: {WEIGHTS_FILE} is missing")
-    model = create_model(**config, deploy=True)
-    try:
-        model.load_state_dict(load_file(weights), strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{str(weights)!r} does not match the model of {CONFIG_FILE} ({config}): {err}") from err
-    return model.eval()
+    """Rebuild the deployed model or head of a deploy folder and load its weights strictly."""
+    return DeployFolder(model_dir).load()
 
 
 def _example_input(model_dir: Path, batch_size: int) -> torch.Tensor:
     meta = read_preprocess(model_dir)
-    config = read_config(model_dir)
+    record = read_record(model_dir)
+    config = record.options
+    if record.kind == "head":  # heads take feature vectors
+        return torch.randn(batch_size, int(config["in_features"]), generator=torch.Generator().manual_seed(0))
     size = int(meta.get("input_size", 32 if config.get("stem", "cifar") == "cifar" else 224))
     chans = int(meta.get("in_chans", config.get("in_chans", 3)))
     return torch.randn(batch_size, chans, size, size, generator=torch.Generator().manual_seed(0))

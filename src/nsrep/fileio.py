@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json"]
+__all__ = ["atomic_write", "atomic_write_all", "is_temporary_of", "json_bytes", "write_json"]
 
 _TMP_MARK = ".tmp-"
 
@@ -37,6 +37,40 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_all(files: Mapping[str | os.PathLike, bytes]) -> list[Path]:
+    """Write several files as one step: every file goes to a temporary name (fsynced) first, and only when all
+    of them are on disk are they renamed over their targets. A failure before the renames leaves every target
+    as it was (and removes the temporaries); the renames themselves cannot fail half-way for lack of space."""
+    written: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in path.parent.glob(f".{path.name}{_TMP_MARK}*"):
+                stale.unlink(missing_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
+            written.append((tmp_name, path))
+            os.chmod(tmp_name, _mode_for(path))
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+    except BaseException:
+        for tmp_name, _ in written:
+            Path(tmp_name).unlink(missing_ok=True)
+        raise
+    for tmp_name, path in written:
+        os.replace(tmp_name, path)
+    for folder in {path.parent for _, path in written}:
+        _fsync_dir(folder)
+    return [path for _, path in written]
+
+
+def is_temporary_of(name: str, target: str) -> bool:
+    """Whether file ``name`` is a temporary file of an atomic write to ``target`` (left by a killed write)."""
+    return name.startswith(f".{target}{_TMP_MARK}")
 
 
 def _mode_for(path: Path) -> int:
@@ -63,6 +97,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as indented JSON text, encoded (what :func:`write_json` writes)."""
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """``data`` as indented JSON, written atomically."""
-    return atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    return atomic_write(path, lambda f: f.write(json_bytes(data)))

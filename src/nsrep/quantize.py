@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nsrep.export import CONFIG_FILE, WEIGHTS_FILE, _quiet, export_onnx, read_preprocess
+from nsrep.export import _quiet, export_onnx, read_preprocess
 from nsrep.fileio import atomic_write, write_json
+from nsrep.train.folders import DeployFolder, RunFolder
 from nsrep.validation import check_choice
 
 __all__ = [
@@ -97,18 +98,21 @@ def _require_onnxruntime() -> tuple[Any, Any]:
 def resolve_deploy_folder(path: str | os.PathLike) -> Path:
     """A deploy folder, or a finished run folder's ``deploy/``; anything else is refused, naming what it is."""
     path = Path(path)
-    if path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
+    run = RunFolder(path)
+    if path.is_dir() and DeployFolder(path).exists():
         return path
-    if path.is_dir() and (path / "deploy" / CONFIG_FILE).is_file():
-        return path / "deploy"
-    if (path.is_file() and path.suffix == ".pt") or (path.is_dir() and (path / "checkpoint.pt").is_file()):
+    if path.is_dir() and run.deploy.record_path.is_file():
+        return run.deploy.path
+    if (path.is_file() and path.suffix == ".pt") or (path.is_dir() and run.checkpoint_path.is_file()):
         raise ValueError(
             f"{str(path)!r} is a training checkpoint (or an unfinished run), not a deploy folder: "
             f"fold it first with `nsrep deploy {path} --out DIR`, or give a finished run folder"
         )
     if not path.exists():
         raise ValueError(f"{str(path)!r} does not exist; expected a deploy folder or a finished run folder")
-    raise ValueError(f"{str(path)!r} is not a deploy folder ({CONFIG_FILE} and {WEIGHTS_FILE}) nor a run folder")
+    raise ValueError(
+        f"{str(path)!r} is not a deploy folder ({DeployFolder.RECORD} and {DeployFolder.WEIGHTS}) nor a run folder"
+    )
 
 
 class _Batches:
@@ -315,7 +319,7 @@ def quantize_deployed(
     meta = read_preprocess(folder)
     data_source = data if data is not None else meta.get("source", meta.get("data"))
     if data_source is None:
-        raise ValueError(f"{str(folder)!r} does not record its data (preprocess.json); pass --data")
+        raise ValueError(f"{str(folder)!r} does not record its data ({DeployFolder.PREPROCESS}); pass --data")
     images, transform, _ = eval_split(data_source, meta, batch_size=256, run=str(folder))
     if calib > len(images.train):
         raise ValueError(

@@ -5,13 +5,22 @@ Spec files for the paper's tables (paper scale and CPU scale) live in the reposi
 
 from nsrep.experiments.report import Cell, Difference, SweepReport, build_report, mean_std, paired_difference
 from nsrep.experiments.spec import ReportSpec, RunPlan, SweepSpec, load_spec
-from nsrep.experiments.sweep import SweepStatus, collect_results, parse_shard, read_results, run_sweep
+from nsrep.experiments.sweep import (
+    SpecStatus,
+    SweepStatus,
+    collect_results,
+    parse_shard,
+    read_results,
+    run_spec,
+    run_sweep,
+)
 
 __all__ = [
     "Cell",
     "Difference",
     "ReportSpec",
     "RunPlan",
+    "SpecStatus",
     "SweepReport",
     "SweepSpec",
     "SweepStatus",
@@ -22,5 +31,6 @@ __all__ = [
     "paired_difference",
     "parse_shard",
     "read_results",
+    "run_spec",
     "run_sweep",
 ]

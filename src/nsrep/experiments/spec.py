@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,12 @@ class RunPlan:
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A parsed sweep: the base configuration, the varied combinations and the seeds."""
+    """A parsed sweep: the base configuration, the varied combinations and the seeds.
+
+    ``run_name`` names each run's folder from its configuration; by default the name lists the keys the
+    sweep varies (``connectivity=ns,num_branches=2,seed=0``). Specs built in code (the demo) may name their
+    runs otherwise; YAML specs use the default.
+    """
 
     name: str
     description: str
@@ -70,6 +75,7 @@ class SweepSpec:
     combinations: tuple[Mapping[str, Any], ...]
     seeds: tuple[int, ...]
     report: ReportSpec
+    run_name: Callable[[TrainConfig], str] | None = field(default=None, compare=False)
 
     @property
     def varied_keys(self) -> tuple[str, ...]:
@@ -102,7 +108,8 @@ class SweepSpec:
         plans = []
         for config in configs:
             values = {**{k: getattr(config, k) for k in varied}, "seed": config.seed}
-            plans.append(RunPlan(_run_name(values), values, config))
+            name = self.run_name(config) if self.run_name is not None else _run_name(values)
+            plans.append(RunPlan(name, values, config))
         names = [p.name for p in plans]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -1,5 +1,9 @@
 """Running a sweep: every planned run in its own folder, finished runs skipped, interrupted ones resumed.
 
+:func:`run_spec` is the one place that decides, from each run folder's state
+(:class:`nsrep.train.folders.RunFolder`), whether a run is reused, resumed or started; ``nsrep sweep`` and
+the demo both run through it.
+
 A sweep folder holds ``spec.yaml`` (a copy of the spec it runs, so a second invocation cannot mix two
 different sweeps), ``runs/NAME/`` (ordinary ``nsrep train`` run folders) and ``results.csv`` (one line per
 finished run, rewritten after every run). ``--shard i/n`` runs every n-th plan starting at i, so n machines
@@ -10,9 +14,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import statistics
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,15 +26,18 @@ from tqdm.auto import tqdm
 
 from nsrep.experiments.spec import RunPlan, SweepSpec, load_spec
 from nsrep.fileio import atomic_write
-from nsrep.train.trainer import CHECKPOINT_FILE, SUMMARY_FILE, read_metrics, train
+from nsrep.train.folders import RunFolder
+from nsrep.train.trainer import read_metrics, train
 
 __all__ = [
     "RESULT_FIELDS",
+    "SpecStatus",
     "SweepStatus",
     "collect_results",
     "parse_shard",
     "read_results",
     "run_metrics",
+    "run_spec",
     "run_sweep",
     "stored_spec",
 ]
@@ -50,6 +57,15 @@ RESULT_FIELDS = (
     "train_params",
     "deploy_params",
 )
+
+
+@dataclass(frozen=True)
+class SpecStatus:
+    """What :func:`run_spec` did: runs trained (fresh or resumed), reused as finished, left for later."""
+
+    trained: tuple[str, ...]
+    skipped: tuple[str, ...]
+    remaining: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -105,7 +121,51 @@ def _claim_folder(out: Path, spec_path: Path, spec: SweepSpec) -> None:
 
 
 def _finished(run_dir: Path) -> bool:
-    return (run_dir / SUMMARY_FILE).is_file()
+    return RunFolder(run_dir).state == "finished"
+
+
+def run_spec(
+    spec: SweepSpec,
+    runs_dir: str | os.PathLike,
+    *,
+    plans: Iterable[RunPlan] | None = None,
+    max_runs: int | None = None,
+    progress: bool = True,
+    announce: Callable[[str, RunPlan, RunFolder], None] | None = None,
+    after_run: Callable[[RunPlan, RunFolder], None] | None = None,
+) -> SpecStatus:
+    """Run ``plans`` (default: every plan of ``spec``), each in ``runs_dir/NAME``, by its folder's state.
+
+    A finished run is reused (refused if its stored configuration differs from the plan's), a resumable one
+    resumed, a new one started; a foreign folder is refused by the trainer and left untouched. ``max_runs``
+    stops after that many trainings; ``progress=False`` turns the runs' progress bars off. ``announce(event,
+    plan, folder)`` is told ``"reuse"``, ``"resume"`` or ``"train"`` before each run; ``after_run`` after each
+    training.
+    """
+    if max_runs is not None and max_runs < 0:
+        raise ValueError(f"max_runs must be >= 0, got {max_runs}")
+    runs_dir = Path(runs_dir)
+    trained, skipped, remaining = [], [], []
+    for plan in spec.plans() if plans is None else plans:
+        folder = RunFolder(runs_dir / plan.name)
+        state = folder.state
+        if state == "finished":
+            folder.check_config(folder.load_checkpoint()["config"], plan.config)
+            if announce is not None:
+                announce("reuse", plan, folder)
+            skipped.append(plan.name)
+            continue
+        if max_runs is not None and len(trained) >= max_runs:
+            remaining.append(plan.name)
+            continue
+        if announce is not None:
+            announce("resume" if state == "resumable" else "train", plan, folder)
+        config = plan.config if progress else replace(plan.config, progress=False)
+        train(config, folder.path, resume=state == "resumable")
+        trained.append(plan.name)
+        if after_run is not None:
+            after_run(plan, folder)
+    return SpecStatus(tuple(trained), tuple(skipped), tuple(remaining))
 
 
 def run_sweep(
@@ -126,27 +186,27 @@ def run_sweep(
     _claim_folder(out, spec_path, spec)
     index, count = shard
     plans = [p for i, p in enumerate(spec.plans()) if i % count == index]
-    trained, skipped, remaining = [], [], []
     bar = tqdm(plans, desc=f"sweep {spec.name}", unit="run", disable=not progress)
-    for plan in bar:
-        run_dir = out / RUNS_DIR / plan.name
-        if _finished(run_dir):
-            skipped.append(plan.name)
-            continue
-        if max_runs is not None and len(trained) >= max_runs:
-            remaining.append(plan.name)
-            continue
-        bar.set_postfix_str(plan.name)
-        config = plan.config if progress else replace(plan.config, progress=False)
-        train(config, run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file())
-        trained.append(plan.name)
-        collect_results(spec, out)
+
+    def announce(event: str, plan: RunPlan, folder: RunFolder) -> None:
+        if event != "reuse":
+            bar.set_postfix_str(plan.name)
+
+    status = run_spec(
+        spec,
+        out / RUNS_DIR,
+        plans=bar,
+        max_runs=max_runs,
+        progress=progress,
+        announce=announce,
+        after_run=lambda *_: collect_results(spec, out),
+    )
     results = collect_results(spec, out)
-    return SweepStatus(tuple(trained), tuple(skipped), tuple(remaining), results)
+    return SweepStatus(status.trained, status.skipped, status.remaining, results)
 
 
 def _result_row(plan: RunPlan, run_dir: Path) -> dict[str, Any]:
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    summary = RunFolder(run_dir).read_summary()
     metrics = read_metrics(run_dir)
     return {
         "run": plan.name,

@@ -1,32 +1,33 @@
 """The demo (``make demo``): train the plain baseline, block-level DBB and NS on real data, fold, compare.
 
-Every variant is an ordinary ``nsrep train`` run of the ``demo`` recipe (scikit-learn's bundled digits), in
-its own folder under the demo folder; a finished run with the same configuration is reused, an interrupted
-one resumed. The table gives both forms' accuracy, parameters and deployed latency; a PNG shows the curves.
+The demo is a sweep (:func:`demo_spec`): every variant is an ordinary ``nsrep train`` run of the ``demo``
+recipe (scikit-learn's bundled digits), in its own folder under the demo folder, run by
+:func:`nsrep.experiments.sweep.run_spec`, so a finished run with the same configuration is reused and an
+interrupted one resumed, as in any sweep. The table gives both forms' accuracy, parameters and deployed
+latency; a PNG shows the curves.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nsrep.export import load_deployed, read_preprocess
+from nsrep.experiments.spec import ReportSpec, RunPlan, SweepSpec
+from nsrep.experiments.sweep import run_spec
 from nsrep.info import markdown_table
-from nsrep.train.checkpoint import load_checkpoint
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe
+from nsrep.train.folders import RunFolder
 from nsrep.train.plots import plot_learning_curves
-from nsrep.train.trainer import CHECKPOINT_FILE, DEPLOY_DIR, SUMMARY_FILE, read_metrics, train
 
-__all__ = ["DEMO_VARIANTS", "DemoRow", "deployed_latencies_ms", "format_demo_table", "run_demo"]
+__all__ = ["DEMO_VARIANTS", "DemoRow", "demo_spec", "deployed_latencies_ms", "format_demo_table", "run_demo"]
 
 # (family, connectivity): the baseline, block-level DBB (as its paper), DBB units with NS, the paper's NS block.
 DEMO_VARIANTS: tuple[tuple[str, str], ...] = (("plain", "block"), ("dbb", "block"), ("dbb", "ns"), ("ns", "ns"))
@@ -67,12 +68,35 @@ def deployed_latencies_ms(
     return [1000 * statistics.median(t) for t in times]
 
 
-def _finished_with(run_dir: Path, config: TrainConfig) -> bool:
-    summary = run_dir / SUMMARY_FILE
-    checkpoint = run_dir / CHECKPOINT_FILE
-    if not (summary.is_file() and checkpoint.is_file()):
-        return False
-    return load_checkpoint(checkpoint)["config"] == config.to_dict()
+def demo_spec(
+    variants: Sequence[tuple[str, str]] = DEMO_VARIANTS, overrides: Mapping[str, Any] | None = None
+) -> SweepSpec:
+    """The demo as a sweep: the ``demo`` recipe with ``overrides``, one run per (family, connectivity),
+    each in a folder named ``FAMILY-CONNECTIVITY``."""
+    overrides = dict(overrides or {})
+    base = apply_overrides(TrainConfig.from_dict(load_recipe("demo"), source="recipe 'demo'"), overrides)
+    methods = tuple({"family": family, "connectivity": connectivity} for family, connectivity in variants)
+    return SweepSpec(
+        name="demo",
+        description="plain baseline, block-level DBB and NS on the bundled digits",
+        recipe="demo",
+        fixed=overrides,
+        combinations=methods,
+        seeds=(base.seed,),
+        report=ReportSpec(rows=("family", "connectivity")),
+        run_name=_label,
+    )
+
+
+def _label(config: TrainConfig) -> str:
+    return f"{config.family}-{config.connectivity}"
+
+
+def _announce(event: str, plan: RunPlan, folder: RunFolder) -> None:
+    if event == "reuse":
+        print(f"{plan.name}: reusing the finished run in {folder.path} (pass --fresh to retrain)", flush=True)
+    else:
+        print(f"{plan.name}: {'resuming' if event == 'resume' else 'training'} in {folder.path}", flush=True)
 
 
 def run_demo(
@@ -84,33 +108,31 @@ def run_demo(
 ) -> list[DemoRow]:
     """Train (or reuse) every variant in ``out_dir/FAMILY-CONNECTIVITY``; returns the table rows.
 
-    ``fresh`` deletes the variants' folders under ``out_dir`` first (they belong to the demo).
+    The variants run through :func:`nsrep.experiments.sweep.run_spec` (finished runs reused, interrupted ones
+    resumed). ``fresh`` deletes the variants' run folders under ``out_dir`` first (they belong to the demo; a
+    folder that is not an nsrep run is never deleted, and training refuses it).
     """
     out = Path(out_dir)
-    base = TrainConfig.from_dict(load_recipe("demo"), source="recipe 'demo'")
-    base = apply_overrides(base, overrides or {})
+    spec = demo_spec(variants, overrides)
+    plans = spec.plans()
+    if fresh:
+        for plan in plans:
+            folder = RunFolder(out / plan.name)
+            if folder.path.exists() and folder.state != "foreign":
+                shutil.rmtree(folder.path)
+    run_spec(spec, out, plans=plans, announce=_announce)
     rows, curves, deployed, inputs = [], {}, [], []
-    for family, connectivity in variants:
-        config = apply_overrides(base, {"family": family, "connectivity": connectivity})
-        label = f"{family}-{connectivity}"
-        run_dir = out / label
-        if fresh and run_dir.exists():
-            shutil.rmtree(run_dir)
-        if _finished_with(run_dir, config):
-            print(f"{label}: reusing the finished run in {run_dir} (pass --fresh to retrain)", flush=True)
-        else:
-            print(f"{label}: training in {run_dir}", flush=True)
-            train(config, run_dir, resume=(run_dir / CHECKPOINT_FILE).is_file())
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-        curves[label] = read_metrics(run_dir)
-        deploy_dir = run_dir / DEPLOY_DIR
-        meta = read_preprocess(deploy_dir)
-        deployed.append(load_deployed(deploy_dir))
+    for plan in plans:
+        folder = RunFolder(out / plan.name)
+        summary = folder.read_summary()
+        curves[plan.name] = folder.read_metrics()
+        meta = folder.deploy.read_preprocess()
+        deployed.append(folder.deploy.load())
         inputs.append(torch.randn(1, meta["in_chans"], meta["input_size"], meta["input_size"]))
         rows.append(
             DemoRow(
-                family=family,
-                connectivity=connectivity,
+                family=plan.config.family,
+                connectivity=plan.config.connectivity,
                 train_top1=summary["train_form"]["top1"],
                 deployed_top1=summary["deployed_form"]["top1"],
                 fold_error=summary["fold_check_rel_error"],
@@ -122,6 +144,7 @@ def run_demo(
         )
     latencies = deployed_latencies_ms(deployed, inputs)
     rows = [replace(row, latency_ms=ms) for row, ms in zip(rows, latencies, strict=True)]
+    base = plans[0].config
     plot_learning_curves(curves, out / CURVES_FILE, title=f"nsrep demo: {base.arch} on {base.data}")
     return rows
 

@@ -15,28 +15,27 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nsrep.export import CONFIG_FILE, load_deployed, read_preprocess, save_deployed
 from nsrep.info import count_parameters
-from nsrep.models import create_model
 from nsrep.nn.conv import reference_copy
 from nsrep.reparam import Equivalence, reparameterize, verify_equivalence
 from nsrep.train import distributed
 from nsrep.train.augment import BatchTransform, build_transform
-from nsrep.train.checkpoint import load_checkpoint
+from nsrep.train.checkpoint import checkpoint_record, load_checkpoint
 from nsrep.train.data import ImageData, load_data
+from nsrep.train.folders import DeployFolder
 from nsrep.train.trainer import EvalResult, evaluate
 
 __all__ = ["RunEvaluation", "deploy_checkpoint", "eval_split", "evaluate_path", "model_from_checkpoint"]
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> nn.Module:
-    """The training-form model of a checkpoint, rebuilt from its stored config, weights loaded strictly."""
-    config = dict(state["model_config"])
-    model = create_model(**config)
+    """The training-form model of a checkpoint, rebuilt from its model record, weights loaded strictly."""
+    record = checkpoint_record(state)
+    model = record.build()
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as err:
-        raise ValueError(f"checkpoint weights do not match the model of its config {config}: {err}") from err
+        raise ValueError(f"checkpoint weights do not match the model of its record {record.keywords()}: {err}") from err
     return model.eval()
 
 
@@ -89,9 +88,10 @@ def evaluate_path(
     ``data`` defaults to the data the run was trained on.
     """
     path = Path(path)
-    if path.is_dir() and (path / CONFIG_FILE).is_file():  # a deploy folder
-        meta = read_preprocess(path)
-        train_form, deployed = None, load_deployed(path)
+    if path.is_dir() and DeployFolder(path).record_path.is_file():  # a deploy folder
+        folder = DeployFolder(path)
+        meta = folder.read_preprocess()
+        train_form, deployed = None, folder.load()
     else:
         state = load_checkpoint(path)
         meta = state.get("data", {})
@@ -126,5 +126,5 @@ def deploy_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike) -> tu
     size, chans = int(meta.get("input_size", 32)), int(meta.get("in_chans", 3))
     example = torch.randn(8, chans, size, size, generator=torch.Generator().manual_seed(0))
     equivalence = verify_equivalence(reference_copy(model), deployed, example)
-    out = save_deployed(deployed, out_dir, preprocess=meta or None)
+    out = DeployFolder(out_dir).write(deployed, preprocess=meta or None)
     return out, equivalence

@@ -1,14 +1,13 @@
 """The training loop: one run of a :class:`TrainConfig`, resumable, data-parallel, ending in a deployed model.
 
-A run folder holds ``config.yaml`` (what was asked), ``checkpoint.pt`` (rewritten atomically after every
-epoch), ``metrics.jsonl`` (one JSON line per epoch), ``summary.json`` (final accuracies of the training and
-deployed forms) and ``deploy/`` (safetensors weights and the JSON that rebuilds the plain network).
+The run folder (:class:`nsrep.train.folders.RunFolder`) names and writes the files: the configuration, a
+checkpoint rewritten atomically after every epoch, the per-epoch metrics, the summary (final accuracies of
+the training and deployed forms) and the deploy folder.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import resource
@@ -23,23 +22,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from nsrep.export import save_deployed
-from nsrep.fileio import atomic_write, write_json
 from nsrep.info import count_parameters
 from nsrep.models import create_model
+from nsrep.models.record import ModelRecord
 from nsrep.nn.conv import reference_copy
 from nsrep.reparam import reparameterize, unwrap_model, verify_equivalence
 from nsrep.train import distributed
 from nsrep.train.augment import BatchTransform, build_transform
-from nsrep.train.checkpoint import load_checkpoint, save_checkpoint
-from nsrep.train.config import EXECUTION_FIELDS, TrainConfig
+from nsrep.train.config import TrainConfig
 from nsrep.train.data import ImageData, describe, load_data
+from nsrep.train.folders import RunFolder
 from nsrep.train.regularize import equivalent_kernel_l2, unit_parameter_ids
 
 __all__ = [
@@ -52,12 +49,6 @@ __all__ = [
     "stored_config",
     "train",
 ]
-
-CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"
-DEPLOY_DIR = "deploy"
 
 
 @dataclass(frozen=True)
@@ -304,61 +295,14 @@ def _peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # lifetime peak (KiB on Linux)
 
 
-def _config_conflicts(saved: dict[str, Any], asked: TrainConfig) -> list[str]:
-    asked_dict = asked.to_dict()
-    return [
-        f"{key}={saved.get(key)!r} in the checkpoint, {value!r} asked"
-        for key, value in asked_dict.items()
-        if key not in EXECUTION_FIELDS and saved.get(key) != value
-    ]
-
-
-def _prepare_run_dir(run_dir: Path | None, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
-    """Refuse to overwrite a run and to resume a different one; returns the checkpoint to resume from."""
-    if run_dir is None:
-        if resume:
-            raise ValueError("--resume needs the run folder (--out) of the run to continue")
-        return None
-    checkpoint = run_dir / CHECKPOINT_FILE
-    if not resume:
-        if checkpoint.exists() or (run_dir / SUMMARY_FILE).exists():
-            raise ValueError(
-                f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        return None
-    if not checkpoint.exists():
-        raise ValueError(f"nothing to resume: {str(checkpoint)!r} does not exist")
-    state = load_checkpoint(checkpoint)
-    conflicts = _config_conflicts(state["config"], config)
-    if conflicts:
-        raise ValueError(f"cannot resume {str(run_dir)!r} with a different configuration: {'; '.join(conflicts)}")
-    return state
-
-
 def stored_config(run_dir: str | Path) -> TrainConfig:
     """The configuration a run folder's checkpoint was trained with."""
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
-    return TrainConfig.from_dict(state["config"], source=f"checkpoint in {str(run_dir)!r}")
+    return RunFolder(run_dir).stored_config()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run folder's ``metrics.jsonl``."""
-    return [json.loads(line) for line in (Path(run_dir) / METRICS_FILE).read_text().splitlines()]
-
-
-def _write_metrics(run_dir: Path, metrics: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(m) + "\n" for m in metrics)
-    atomic_write(run_dir / METRICS_FILE, lambda f: f.write(text.encode()))
-
-
-def _tensorboard(run_dir: Path | None) -> Any:
-    if run_dir is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    """The per-epoch records of a run folder's metrics."""
+    return RunFolder(run_dir).read_metrics()
 
 
 def _loaders(
@@ -437,12 +381,77 @@ def pinned_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@dataclass
+class _Run:
+    """What one training run holds: built by :func:`_set_up`, advanced epoch by epoch by the steps below."""
+
+    config: TrainConfig
+    env: distributed.DistEnv
+    folder: RunFolder | None
+    data: ImageData
+    train_tf: BatchTransform
+    eval_tf: BatchTransform
+    train_loader: DataLoader
+    sampler: DistributedSampler
+    test_loader: DataLoader
+    model: nn.Module  # the model itself; ``ddp`` is what trains it (the same module without DDP)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    autocast: Any
+    channels_last: bool
+    steps_per_epoch: int
+    ddp: nn.Module | None = None
+    start_epoch: int = 0
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    writer: Any = None  # TensorBoard, on the main rank when installed
+
+    @property
+    def show(self) -> bool:
+        return self.env.is_main and self.config.progress
+
+
+@dataclass
+class _EpochTotals:
+    """One epoch of training on this rank: summed over ranks where the metrics need it."""
+
+    totals: Tensor  # loss sum, correct predictions, images (summed over ranks)
+    step_losses: list[Tensor]  # this rank's loss of every optimiser step: spikes show here, not in means
+    seconds: float
+
+
 def _train(
     config: TrainConfig, run_dir: Path | None, env: distributed.DistEnv, *, resume: bool, stop_after: int | None
 ) -> TrainResult:
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after must be >= 1, got {stop_after}")
-    state = _prepare_run_dir(run_dir, config, resume)  # every rank checks, so all fail alike
+    folder = RunFolder(run_dir) if run_dir is not None else None
+    checkpoint = _open_folder(folder, config, resume)  # every rank checks, so all fail alike
+    run = _set_up(config, env, folder)
+    _restore(run, checkpoint)
+    _open_logs(run, fresh=checkpoint is None)
+    last_epoch = config.epochs if stop_after is None else min(config.epochs, run.start_epoch + stop_after)
+    _reset_peak_memory(env.device)
+    for epoch in range(run.start_epoch, last_epoch):
+        trained = _train_one_epoch(run, epoch)
+        record = _evaluate(run, epoch, trained)
+        run.metrics.append(record)
+        _save(run, epoch, record)
+    return _finish(run, last_epoch)
+
+
+def _open_folder(folder: RunFolder | None, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """Refuse to overwrite a run and to resume a different one; returns the checkpoint to resume from."""
+    if folder is None:
+        if resume:
+            raise ValueError("--resume needs the run folder (--out) of the run to continue")
+        return None
+    return folder.open(config, resume=resume)
+
+
+def _set_up(config: TrainConfig, env: distributed.DistEnv, folder: RunFolder | None) -> _Run:
+    """Data, transforms and loaders; the model (same initial weights on every rank), optimiser, schedule."""
     data = load_data(config.data, **config.data_kwargs())
     kind = config.augment or data.augment
     aug = {"image_size": data.image_size, "mean": data.mean, "std": data.std}
@@ -465,147 +474,182 @@ def _train(
         ),
     )
     autocast, amp_dtype = _autocast_factory(_use(config.amp, env.device), env.device)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    decay_folded = config.weight_decay_mode == "equivalent" and config.weight_decay > 0
+    return _Run(
+        config=config,
+        env=env,
+        folder=folder,
+        data=data,
+        train_tf=train_tf,
+        eval_tf=eval_tf,
+        train_loader=train_loader,
+        sampler=sampler,
+        test_loader=test_loader,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16),
+        criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        autocast=autocast,
+        channels_last=channels_last,
+        steps_per_epoch=steps_per_epoch,
+    )
 
-    metrics: list[dict[str, Any]] = []
-    start_epoch = 0
-    if state is not None:
-        unwrap_model(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, metrics = state["epoch"], list(state["metrics"])
-        rng = state["rng"]
+
+def _restore(run: _Run, checkpoint: dict[str, Any] | None) -> None:
+    """Continue from ``checkpoint`` (weights, optimiser, schedule, scaler, RNG) or seed a fresh run; then wrap
+    the model for data parallelism (DDP broadcasts rank 0's weights, which are final only now)."""
+    env = run.env
+    if checkpoint is not None:
+        unwrap_model(run.model).load_state_dict(checkpoint["model"])
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        run.scheduler.load_state_dict(checkpoint["scheduler"])
+        run.scaler.load_state_dict(checkpoint["scaler"])
+        run.start_epoch, run.metrics = checkpoint["epoch"], list(checkpoint["metrics"])
+        rng = checkpoint["rng"]
         if len(rng) == env.world_size:
             _set_rng_state(rng[env.rank])
         else:  # another world size: the run continues, but not bit-for-bit
-            _seed_everything(config.seed + 1000 * start_epoch + env.rank)
+            _seed_everything(run.config.seed + 1000 * run.start_epoch + env.rank)
     else:
-        _seed_everything(config.seed + env.rank)  # ranks draw different augmentations and partitions
+        _seed_everything(run.config.seed + env.rank)  # ranks draw different augmentations and partitions
+    run.ddp = DistributedDataParallel(run.model) if env.distributed else run.model
 
-    ddp = DistributedDataParallel(model) if env.distributed else model
-    writer = None
-    if env.is_main and run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if state is None:
-            atomic_write(run_dir / CONFIG_FILE, lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
-        _write_metrics(run_dir, metrics)  # a resumed run drops lines of epochs after its checkpoint
-        writer = _tensorboard(run_dir)
-    show = env.is_main and config.progress
-    if env.is_main:
-        tqdm.write(f"{describe(data)}; {env.world_size} process(es) on {env.device}", file=sys.stderr)
 
-    last_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
-    _reset_peak_memory(env.device)
-    for epoch in range(start_epoch, last_epoch):
-        sampler.set_epoch(epoch)
-        ddp.train()
-        started = time.perf_counter()
-        loss_sum, hits, seen = torch.zeros((), device=env.device), torch.zeros((), device=env.device), 0
-        step_losses: list[Tensor] = []  # this rank's loss of every optimiser step: spikes show here, not in means
-        step_loss = torch.zeros((), device=env.device)
-        images_per_step = train_loader.batch_size * config.grad_accum
-        bar = tqdm(
-            total=steps_per_epoch * images_per_step,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            unit="img",
-            unit_scale=True,
-            disable=not show,
-            leave=False,
-            file=sys.stderr,
-        )
-        for micro, images, labels in _micro_batches(train_loader, config.grad_accum):
-            images, labels = _to_device(images, labels, env.device, channels_last)
-            x = train_tf(images)
-            last_micro = micro == config.grad_accum - 1
-            sync = ddp.no_sync() if env.distributed and not last_micro else nullcontext()
-            with sync:
-                with autocast():
-                    logits = ddp(x)
-                    loss = criterion(logits.float(), labels)
-                # the equivalent-kernel decay is a loss term (SGD's decay is wd * w, i.e. wd/2 ||w||²);
-                # metrics keep the data loss alone
-                penalty = 0.5 * config.weight_decay * equivalent_kernel_l2(model) if decay_folded else 0.0
-                scaler.scale((loss + penalty) / config.grad_accum).backward()
-            loss_sum += loss.detach() * labels.numel()
-            step_loss = (step_loss if micro else 0) + loss.detach() / config.grad_accum
-            hits += (logits.detach().argmax(1) == labels).sum()
-            seen += labels.numel()
-            if last_micro:
-                step_losses.append(step_loss)
-                if config.clip_grad is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-            bar.update(labels.numel())
-            if show and (bar.n // images_per_step) % config.log_every == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
-        bar.close()
-        epoch_seconds = time.perf_counter() - started
-        totals = distributed.sum_tensor(
-            torch.stack([loss_sum, hits, torch.tensor(float(seen), device=env.device)]), env
-        )
-        distributed.average_buffers(model, env)  # every rank folds the same BN statistics
-        (result,), _ = evaluate(
-            [model], test_loader, eval_tf, env, channels_last=channels_last, autocast=autocast, progress=show
-        )
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": totals[0].item() / totals[2].item(),
-            "train_top1": 100 * totals[1].item() / totals[2].item(),
-            "test_loss": result.loss,
-            "test_top1": result.top1,
-            "test_top5": result.top5,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": epoch_seconds,
-            "images_per_second": totals[2].item() / epoch_seconds,
-            "peak_memory_mib": _peak_memory_mib(env.device),
-            "step_losses": [round(v, 5) for v in torch.stack(step_losses).tolist()] if step_losses else [],
-        }
-        metrics.append(record)
-        rng = distributed.all_gather_objects(_rng_state(), env)
-        if env.is_main:
-            tqdm.write(
-                f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
-                f"test top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  "
-                f"{record['images_per_second']:.0f} img/s",
-                file=sys.stderr,
-            )
-            if run_dir is not None:
-                save_checkpoint(
-                    {
-                        "config": config.to_dict(),
-                        "model_config": unwrap_model(model).nsrep_config,
-                        "data": _data_meta(data, config.data),
-                        "epoch": epoch + 1,
-                        "model": unwrap_model(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "rng": rng,
-                        "metrics": metrics,
-                        "world_size": env.world_size,
-                    },
-                    run_dir / CHECKPOINT_FILE,
-                )
-                _write_metrics(run_dir, metrics)
-            if writer is not None:
-                for key, value in record.items():
-                    if key != "epoch":
-                        writer.add_scalar(key, value, epoch + 1)
-    if writer is not None:
-        writer.close()
+def _open_logs(run: _Run, *, fresh: bool) -> None:
+    """The main rank writes the configuration (of a fresh run), the metrics so far and opens TensorBoard."""
+    if run.env.is_main and run.folder is not None:
+        run.folder.path.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            run.folder.write_config(run.config)
+        run.folder.write_metrics(run.metrics)  # a resumed run drops lines of epochs after its checkpoint
+        run.writer = run.folder.tensorboard()
+    if run.env.is_main:
+        tqdm.write(f"{describe(run.data)}; {run.env.world_size} process(es) on {run.env.device}", file=sys.stderr)
 
-    result = TrainResult(config=config, run_dir=run_dir, epochs_done=last_epoch, metrics=metrics)
-    result.train_params = count_parameters(model)
-    if last_epoch < config.epochs:
-        return result
-    return _finish(result, model, data, test_loader, eval_tf, env, channels_last)
+
+def _train_one_epoch(run: _Run, epoch: int) -> _EpochTotals:
+    """One pass over this rank's shard of the training set: micro-batches, accumulation, optimiser steps."""
+    config, env, ddp = run.config, run.env, run.ddp
+    decay_folded = config.weight_decay_mode == "equivalent" and config.weight_decay > 0
+    run.sampler.set_epoch(epoch)
+    ddp.train()
+    started = time.perf_counter()
+    loss_sum, hits, seen = torch.zeros((), device=env.device), torch.zeros((), device=env.device), 0
+    step_losses: list[Tensor] = []
+    step_loss = torch.zeros((), device=env.device)
+    images_per_step = run.train_loader.batch_size * config.grad_accum
+    bar = tqdm(
+        total=run.steps_per_epoch * images_per_step,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        unit="img",
+        unit_scale=True,
+        disable=not run.show,
+        leave=False,
+        file=sys.stderr,
+    )
+    for micro, images, labels in _micro_batches(run.train_loader, config.grad_accum):
+        images, labels = _to_device(images, labels, env.device, run.channels_last)
+        x = run.train_tf(images)
+        last_micro = micro == config.grad_accum - 1
+        sync = ddp.no_sync() if env.distributed and not last_micro else nullcontext()
+        with sync:
+            with run.autocast():
+                logits = ddp(x)
+                loss = run.criterion(logits.float(), labels)
+            # the equivalent-kernel decay is a loss term (SGD's decay is wd * w, i.e. wd/2 ||w||²);
+            # metrics keep the data loss alone
+            penalty = 0.5 * config.weight_decay * equivalent_kernel_l2(run.model) if decay_folded else 0.0
+            run.scaler.scale((loss + penalty) / config.grad_accum).backward()
+        loss_sum += loss.detach() * labels.numel()
+        step_loss = (step_loss if micro else 0) + loss.detach() / config.grad_accum
+        hits += (logits.detach().argmax(1) == labels).sum()
+        seen += labels.numel()
+        if last_micro:
+            step_losses.append(step_loss)
+            _optimizer_step(run)
+        bar.update(labels.numel())
+        if run.show and (bar.n // images_per_step) % config.log_every == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.optimizer.param_groups[0]['lr']:.3g}")
+    bar.close()
+    seconds = time.perf_counter() - started
+    totals = distributed.sum_tensor(torch.stack([loss_sum, hits, torch.tensor(float(seen), device=env.device)]), env)
+    return _EpochTotals(totals=totals, step_losses=step_losses, seconds=seconds)
+
+
+def _optimizer_step(run: _Run) -> None:
+    """Clip (when asked), step the optimiser through the gradient scaler, advance the schedule."""
+    if run.config.clip_grad is not None:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.config.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+
+
+def _evaluate(run: _Run, epoch: int, trained: _EpochTotals) -> dict[str, Any]:
+    """Test-set accuracy after the epoch (BN statistics averaged over ranks first); the epoch's metrics."""
+    env = run.env
+    distributed.average_buffers(run.model, env)  # every rank folds the same BN statistics
+    (result,), _ = evaluate(
+        [run.model],
+        run.test_loader,
+        run.eval_tf,
+        env,
+        channels_last=run.channels_last,
+        autocast=run.autocast,
+        progress=run.show,
+    )
+    totals = trained.totals
+    return {
+        "epoch": epoch + 1,
+        "train_loss": totals[0].item() / totals[2].item(),
+        "train_top1": 100 * totals[1].item() / totals[2].item(),
+        "test_loss": result.loss,
+        "test_top1": result.top1,
+        "test_top5": result.top5,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "epoch_seconds": trained.seconds,
+        "images_per_second": totals[2].item() / trained.seconds,
+        "peak_memory_mib": _peak_memory_mib(env.device),
+        "step_losses": [round(v, 5) for v in torch.stack(trained.step_losses).tolist()] if trained.step_losses else [],
+    }
+
+
+def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
+    """Gather every rank's RNG state; the main rank reports the epoch and writes checkpoint and metrics."""
+    env, config = run.env, run.config
+    rng = distributed.all_gather_objects(_rng_state(), env)
+    if not env.is_main:
+        return
+    tqdm.write(
+        f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+        f"test top-1 {record['test_top1']:.2f}%  top-5 {record['test_top5']:.2f}%  "
+        f"{record['images_per_second']:.0f} img/s",
+        file=sys.stderr,
+    )
+    if run.folder is not None:
+        model = unwrap_model(run.model)
+        run.folder.save_checkpoint(
+            {
+                "config": config.to_dict(),
+                "model_record": ModelRecord.of(model).to_dict(),
+                "data": _data_meta(run.data, config.data),
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "scaler": run.scaler.state_dict(),
+                "rng": rng,
+                "metrics": run.metrics,
+                "world_size": env.world_size,
+            }
+        )
+        run.folder.write_metrics(run.metrics)
+    if run.writer is not None:
+        for key, value in record.items():
+            if key != "epoch":
+                run.writer.add_scalar(key, value, epoch + 1)
 
 
 def _data_meta(data: ImageData, source: str) -> dict[str, Any]:
@@ -623,33 +667,35 @@ def _data_meta(data: ImageData, source: str) -> dict[str, Any]:
     }
 
 
-def _finish(
-    result: TrainResult,
-    model: nn.Module,
-    data: ImageData,
-    test_loader: DataLoader,
-    eval_tf: BatchTransform,
-    env: distributed.DistEnv,
-    channels_last: bool,
-) -> TrainResult:
-    """Fold the trained model, evaluate both forms on the same batches, save the deployed form."""
-    model = unwrap_model(model).eval()
+def _finish(run: _Run, last_epoch: int) -> TrainResult:
+    """Close the logs; when every epoch is done, fold the trained model, evaluate both forms on the same
+    batches, check the fold against the per-branch computation and save the deployed form and the summary."""
+    if run.writer is not None:
+        run.writer.close()
+    config, env = run.config, run.env
+    run_dir = run.folder.path if run.folder is not None else None
+    result = TrainResult(config=config, run_dir=run_dir, epochs_done=last_epoch, metrics=run.metrics)
+    result.train_params = count_parameters(run.model)
+    if last_epoch < config.epochs:
+        return result
+    model = unwrap_model(run.model).eval()
     deployed = reparameterize(model).to(env.device)
     # float32 without autocast: the comparison is about folding, not about reduced precision
-    (train_form, deployed_form), rel_diff = evaluate([model, deployed], test_loader, eval_tf, env)
+    (train_form, deployed_form), rel_diff = evaluate([model, deployed], run.test_loader, run.eval_tf, env)
     result.train_form, result.deployed_form, result.max_rel_logit_diff = train_form, deployed_form, rel_diff
     result.deploy_params = count_parameters(deployed)
     # the default eval path applies per-branch folded kernels; the per-branch reference path checks the fold
     # against the computation that training differentiates, on the first test images
-    images, _ = next(iter(test_loader))
+    images, _ = next(iter(run.test_loader))
     reference = reference_copy(model)
-    result.fold_check = verify_equivalence(reference, deployed, eval_tf(images[:64].to(env.device))).max_rel_error
+    check = run.eval_tf(images[:64].to(env.device))
+    result.fold_check = verify_equivalence(reference, deployed, check).max_rel_error
     result.deployed = deployed.cpu()
     result.deployed_digests = distributed.all_gather_objects(_weights_digest(result.deployed), env)
     if len(set(result.deployed_digests)) != 1:
         raise RuntimeError(f"ranks folded different deployed weights: {result.deployed_digests}")
-    if env.is_main and result.run_dir is not None:
-        save_deployed(result.deployed, result.run_dir / DEPLOY_DIR, preprocess=_data_meta(data, result.config.data))
+    if env.is_main and run.folder is not None:
+        run.folder.deploy.write(result.deployed, preprocess=_data_meta(run.data, config.data))
         summary = {
             "train_form": asdict(train_form),
             "deployed_form": asdict(deployed_form),
@@ -662,5 +708,5 @@ def _finish(
             "world_size": env.world_size,
             "deployed_sha256_per_rank": result.deployed_digests,
         }
-        write_json(result.run_dir / SUMMARY_FILE, summary)
+        run.folder.write_summary(summary)
     return result
