@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nsrep.info import markdown_table
+from nsrep.report import markdown_table
 
 __all__ = ["describe_machine", "run_worker", "save_bar_chart", "sync", "time_calls", "write_report"]
 

@@ -15,13 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nsrep.info import format_info, markdown_table, model_info
+from nsrep.info import format_info, model_info
 from nsrep.models import list_models
 from nsrep.models.heads import HEADS, MLP_HEADS, REP_HEADS
 from nsrep.nn.connectivity import CONNECTIVITIES
 from nsrep.nn.families import ALL_FAMILIES, DEFAULT_NUM_BRANCHES
 from nsrep.nn.unit import UnitConfig
 from nsrep.probe import DEFAULT_HEADS, EXAMPLE_DATASETS, SKLEARN_DATASETS, ProbeConfig
+from nsrep.report import forms_table
 from nsrep.train.config import list_recipes
 
 __all__ = [
@@ -107,27 +108,11 @@ def train(
     config = apply_overrides(config, dict(parse_override(o) for o in overrides), source="--set")
     result = run_training(config, out, resume=resume, stop_after=stop_after)
     if result.finished and int(os.environ.get("RANK", "0")) == 0:
-        print(
-            markdown_lines(
-                ("form", "top-1 (%)", "top-5 (%)", "loss", "params"),
-                [
-                    ("training", *_eval_cells(result.train_form), f"{result.train_params:,}"),
-                    ("deployed", *_eval_cells(result.deployed_form), f"{result.deploy_params:,}"),
-                ],
-            )
-        )
+        forms = [("training", result.train_form, result.train_params)]
+        print(forms_table([*forms, ("deployed", result.deployed_form, result.deploy_params)]))
         print(f"max relative logit difference (deployed vs training form): {result.max_rel_logit_diff:.2e}")
         if out is not None:
             print(f"run folder: {out} (deployed model in {Path(out) / 'deploy'})")
-
-
-def _eval_cells(result: Any) -> tuple[str, str, str]:
-    return f"{result.top1:.2f}", f"{result.top5:.2f}", f"{result.loss:.4f}"
-
-
-def markdown_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table as one string."""
-    return "\n".join(markdown_table(header, rows))
 
 
 def evaluate(checkpoint: str, *, data: str | None = None, batch_size: int = 512, device: str = "auto") -> None:
@@ -135,11 +120,8 @@ def evaluate(checkpoint: str, *, data: str | None = None, batch_size: int = 512,
     from nsrep.train.runs import evaluate_path
 
     report = evaluate_path(checkpoint, data, batch_size=batch_size, device=device)
-    rows = []
-    if report.train_form is not None:
-        rows.append(("training", *_eval_cells(report.train_form), f"{report.train_params:,}"))
-    rows.append(("deployed", *_eval_cells(report.deployed_form), f"{report.deploy_params:,}"))
-    print(markdown_lines(("form", "top-1 (%)", "top-5 (%)", "loss", "params"), rows))
+    forms = [] if report.train_form is None else [("training", report.train_form, report.train_params)]
+    print(forms_table([*forms, ("deployed", report.deployed_form, report.deploy_params)]))
     if report.max_rel_logit_diff is not None:
         print(f"max relative logit difference (deployed vs training form): {report.max_rel_logit_diff:.2e}")
 

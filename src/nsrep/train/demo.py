@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from nsrep.export import load_deployed, read_preprocess
-from nsrep.info import markdown_table
+from nsrep.report import format_table
 from nsrep.train.checkpoint import load_checkpoint
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe
 from nsrep.train.plots import plot_learning_curves
@@ -153,4 +153,4 @@ def format_demo_table(rows: Sequence[DemoRow]) -> str:
         )
         for r in rows
     ]
-    return "\n".join(markdown_table(header, body))
+    return format_table(header, body)

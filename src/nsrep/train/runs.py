@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nsrep.export import CONFIG_FILE, load_deployed, read_preprocess, save_deployed
-from nsrep.info import count_parameters
+from nsrep.inspection import count_parameters
 from nsrep.models import create_model
 from nsrep.nn.conv import reference_copy
 from nsrep.reparam import Equivalence, reparameterize, verify_equivalence

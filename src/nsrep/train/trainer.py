@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from nsrep.export import save_deployed
 from nsrep.fileio import atomic_write, write_json
-from nsrep.info import count_parameters
+from nsrep.inspection import count_parameters
 from nsrep.models import create_model
 from nsrep.nn.conv import reference_copy
 from nsrep.reparam import reparameterize, unwrap_model, verify_equivalence
