@@ -1,0 +1,24 @@
+"""``nsrep eval``: a checkpoint before and after folding, or a deploy folder."""
+
+from __future__ import annotations
+
+from nsrep.cli.command import arg, command
+from nsrep.report import forms_table
+
+
+@command(
+    arg("checkpoint", help="a run folder, its checkpoint.pt, or a deploy folder"),
+    arg("--data", help="data to evaluate on (default: the data the run was trained on)"),
+    arg("--batch-size"),
+    arg("--device", help="auto, cpu or cuda"),
+    name="eval",
+)
+def evaluate(checkpoint: str, *, data: str | None = None, batch_size: int = 512, device: str = "auto") -> None:
+    """Evaluate a training checkpoint before and after folding (same batches), or a deploy folder."""
+    from nsrep.train.runs import evaluate_path
+
+    report = evaluate_path(checkpoint, data, batch_size=batch_size, device=device)
+    forms = [] if report.train_form is None else [("training", report.train_form, report.train_params)]
+    print(forms_table([*forms, ("deployed", report.deployed_form, report.deploy_params)]))
+    if report.max_rel_logit_diff is not None:
+        print(f"max relative logit difference (deployed vs training form): {report.max_rel_logit_diff:.2e}")
