@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from nsrep.analysis import analyze as run_analysis
 from nsrep.cli.command import arg, command
 
 
@@ -14,19 +16,10 @@ from nsrep.cli.command import arg, command
     arg("--unit", help="unit whose branch kernels to picture (default: a middle 3x3 unit)"),
     arg("--max-images", help="test images to analyse (default: {default})"),
     arg("--batch-size"),
+    defaults=run_analysis,
 )
-def analyze(
-    checkpoints: Sequence[str],
-    *,
-    data: str | None = None,
-    out: str = "analysis",
-    unit: str | None = None,
-    max_images: int = 512,
-    batch_size: int = 128,
-) -> None:
+def analyze(checkpoints: Sequence[str], *, out: str = "analysis", **options: Any) -> None:
     """Feature similarity, kernel pictures, block drop and topology counts of trained checkpoints (PNG + CSV)."""
-    from nsrep.analysis import analyze as run_analysis
-
-    report = run_analysis(checkpoints, out, data=data, unit=unit, max_images=max_images, batch_size=batch_size)
+    report = run_analysis(checkpoints, out, **options)
     print(report.summary)
     print(f"figures and tables: {', '.join(str(p) for p in report.files)}")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nsrep.cli.command import arg, command
 from nsrep.report import forms_table
+from nsrep.train.runs import evaluate_path
 
 
 @command(
@@ -12,12 +15,11 @@ from nsrep.report import forms_table
     arg("--batch-size"),
     arg("--device", help="auto, cpu or cuda"),
     name="eval",
+    defaults=evaluate_path,
 )
-def evaluate(checkpoint: str, *, data: str | None = None, batch_size: int = 512, device: str = "auto") -> None:
+def evaluate(checkpoint: str, **options: Any) -> None:
     """Evaluate a training checkpoint before and after folding (same batches), or a deploy folder."""
-    from nsrep.train.runs import evaluate_path
-
-    report = evaluate_path(checkpoint, data, batch_size=batch_size, device=device)
+    report = evaluate_path(checkpoint, **options)
     forms = [] if report.train_form is None else [("training", report.train_form, report.train_params)]
     print(forms_table([*forms, ("deployed", report.deployed_form, report.deploy_params)]))
     if report.max_rel_logit_diff is not None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nsrep.cli.command import arg, command
 from nsrep.cli.options import DATA_HELP
-from nsrep.probe import SKLEARN_DATASETS
+from nsrep.probe import SKLEARN_DATASETS, extract_features
 
 
 @command(
@@ -15,6 +17,7 @@ from nsrep.probe import SKLEARN_DATASETS
     arg("--image-size", help="input size for image folders and synthetic data"),
     arg("--batch-size", help="images per encoder call (default: {default})"),
     arg("--device", help="auto, cpu or cuda"),
+    defaults=extract_features,
 )
 def features(
     *,
@@ -23,8 +26,8 @@ def features(
     data: str | None = None,
     sklearn: str | None = None,
     image_size: int | None = None,
-    batch_size: int = 256,
     device: str = "auto",
+    **encoding: Any,
 ) -> None:
     """Write a feature file (.npz) for ``nsrep probe``: an encoder's features of image data, or a scikit-learn set.
 
@@ -32,7 +35,7 @@ def features(
     returns the encoder); ``--data`` anything ``nsrep train --data`` takes. Images get the data set's eval
     transform; the encoder's outputs are flattened to (N, D) float32.
     """
-    from nsrep.probe import extract_features, load_encoder, resolve_device, save_features, sklearn_features
+    from nsrep.probe import load_encoder, resolve_device, save_features, sklearn_features
 
     if sklearn is not None:
         if encoder is not None or data is not None or image_size is not None:
@@ -45,6 +48,6 @@ def features(
 
         dev = resolve_device(device)
         images = load_data(data, image_size=image_size)
-        result = extract_features(load_encoder(encoder, dev), images, batch_size=batch_size, device=dev)
+        result = extract_features(load_encoder(encoder, dev), images, device=dev, **encoding)
     save_features(out, result)
     print(f"wrote {out}: {result}")

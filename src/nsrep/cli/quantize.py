@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nsrep.cli.command import arg, command
+from nsrep.quantize import format_report, quantize_deployed
 
 
 @command(
@@ -22,36 +25,14 @@ from nsrep.cli.command import arg, command
     arg("--eval-images", help="held-out images to evaluate (default: all)"),
     arg("--threads", help="onnxruntime intra-op threads (default: {default})"),
     arg("--no-latency", help="skip the latency measurement"),
+    defaults=quantize_deployed,
 )
-def quantize(
-    model_dir: str,
-    *,
-    out: str,
-    calib: int = 512,
-    method: str = "minmax",
-    keep_float: int = 2,
-    data: str | None = None,
-    eval_images: int | None = None,
-    threads: int = 1,
-    no_latency: bool = False,
-) -> None:
+def quantize(model_dir: str, *, out: str, no_latency: bool = False, **options: Any) -> None:
     """INT8 post-training quantization of a deploy folder with ONNX Runtime; accuracy, per-layer SQNR, latency.
 
     Writes model.fp32.onnx, model.int8.onnx (and one keeping the worst layers in float), report.md/json,
     layers.csv and quantization.png to OUT, a new folder (see docs/quantization.md).
     """
-    from nsrep.quantize import format_report, quantize_deployed
-
-    report = quantize_deployed(
-        model_dir,
-        out,
-        calib=calib,
-        method=method,
-        keep_float=keep_float,
-        data=data,
-        eval_images=eval_images,
-        threads=threads,
-        latency_runs={} if no_latency else None,
-    )
+    report = quantize_deployed(model_dir, out, latency_runs={} if no_latency else None, **options)
     print(format_report(report))
     print(f"written: {out}")
