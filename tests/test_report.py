@@ -80,3 +80,6 @@ def test_forms_table():
         "| training | 91.26     | 99.50     | 0.1235 | 1,234,567 |",
         "| deployed | 91.26     | 99.50     | 0.1235 | 89        |",
     ]
+    assert forms_table([("deployed", result, 89)], 1.5e-7).splitlines()[-1] == (
+        "max relative logit difference (deployed vs training form): 1.50e-07"
+    )

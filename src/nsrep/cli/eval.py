@@ -21,6 +21,5 @@ def evaluate(checkpoint: str, **options: Any) -> None:
     """Evaluate a training checkpoint before and after folding (same batches), or a deploy folder."""
     report = evaluate_path(checkpoint, **options)
     forms = [] if report.train_form is None else [("training", report.train_form, report.train_params)]
-    print(forms_table([*forms, ("deployed", report.deployed_form, report.deploy_params)]))
-    if report.max_rel_logit_diff is not None:
-        print(f"max relative logit difference (deployed vs training form): {report.max_rel_logit_diff:.2e}")
+    forms.append(("deployed", report.deployed_form, report.deploy_params))
+    print(forms_table(forms, report.max_rel_logit_diff))

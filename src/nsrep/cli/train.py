@@ -68,7 +68,7 @@ def train(
     result = run_training(config, out, resume=resume, stop_after=stop_after)
     if result.finished and int(os.environ.get("RANK", "0")) == 0:
         forms = [("training", result.train_form, result.train_params)]
-        print(forms_table([*forms, ("deployed", result.deployed_form, result.deploy_params)]))
-        print(f"max relative logit difference (deployed vs training form): {result.max_rel_logit_diff:.2e}")
+        forms.append(("deployed", result.deployed_form, result.deploy_params))
+        print(forms_table(forms, result.max_rel_logit_diff))
         if out is not None:
             print(f"run folder: {out} (deployed model in {Path(out) / 'deploy'})")
