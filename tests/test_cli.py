@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import inspect
 import subprocess
 import sys
 import typing
@@ -207,3 +209,23 @@ def test_python_dash_m_runs_the_command_line():
 
 def parse(argv: list[str]) -> dict:
     return vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    ("name", "function", "dests"),
+    [
+        ("info", "nsrep.info:model_info", ("input_size", "stem", "num_classes", "width_mult", "stem_unit")),
+        ("eval", "nsrep.train.runs:evaluate_path", ("data", "batch_size", "device")),
+        ("analyze", "nsrep.analysis:analyze", ("data", "unit", "max_images", "batch_size")),
+        ("quantize", "nsrep.quantize:quantize_deployed", ("calib", "method", "keep_float", "eval_images", "threads")),
+        ("features", "nsrep.probe:extract_features", ("batch_size",)),
+        ("probe", "nsrep.probe:run_probe", ("seeds", "device")),
+    ],
+)
+def test_options_passed_to_a_library_function_take_its_defaults(name, function, dests):
+    module, attr = function.split(":")
+    parameters = inspect.signature(getattr(importlib.import_module(module), attr)).parameters
+    options = _options(name)
+    for dest in dests:
+        default = parameters[dest].default
+        assert options[dest].default == (list(default) if isinstance(default, tuple) else default), dest

@@ -3,8 +3,8 @@
 A command is a documented function decorated with :func:`command`; each :func:`arg` names the argparse
 flags and whatever argparse cannot know. The rest is filled in here, so nothing is said twice:
 
-- the default comes from the function's signature, from the signature of ``defaults`` (a library function the
-  command passes its options to), or, for :func:`field_arg`, from a field of a library dataclass
+- the default comes from the function's signature, else from the signature of ``defaults`` (a library
+  function the command passes its options to), or, for :func:`field_arg`, from a field of a library dataclass
   (``UnitConfig``, ``TrainConfig``, ``ProbeConfig``): such a parameter must have no default in the command;
 - ``type`` (int or float, also for the items of a list) and a ``store_true`` / ``store_false`` action come
   from the annotation;
@@ -129,8 +129,10 @@ def _resolve(cmd: Command, a: Arg) -> dict[str, Any]:
 def _parameter(cmd: Command, dest: str, param: inspect.Parameter | None) -> tuple[Any, Any]:
     """Default and annotation of ``dest`` from the command's signature, else from its ``defaults`` function."""
     function = cmd.function
-    if param is None and cmd.defaults is not None:
-        function, param = cmd.defaults, inspect.signature(cmd.defaults).parameters.get(dest)
+    if (param is None or param.default is _EMPTY) and cmd.defaults is not None:
+        given = inspect.signature(cmd.defaults).parameters.get(dest)
+        if given is not None and given.default is not _EMPTY:
+            function, param = cmd.defaults, given
     if param is None:
         return _EMPTY, None
     return param.default, typing.get_type_hints(function).get(dest)

@@ -8,7 +8,7 @@ from typing import Any
 from nsrep.cli.command import arg, command, field_arg
 from nsrep.models.heads import DEFAULT_EXPANSION, HEADS, MLP_HEADS, REP_HEADS
 from nsrep.nn.linear import DEFAULT_LINEAR_BRANCHES
-from nsrep.probe import DEFAULT_HEADS, EXAMPLE_DATASETS, ProbeConfig
+from nsrep.probe import DEFAULT_HEADS, EXAMPLE_DATASETS, ProbeConfig, run_probe
 
 
 @command(
@@ -25,16 +25,17 @@ from nsrep.probe import DEFAULT_HEADS, EXAMPLE_DATASETS, ProbeConfig
     arg("--device", help="{default} (default), cuda or auto"),
     arg("--threads", help="CPU threads for torch (default: torch's choice)"),
     arg("--out", help="folder for table.md, runs.csv (every run) and probe.png"),
+    defaults=run_probe,
 )
 def probe(
     files: Sequence[str] = (),
     *,
     example: bool = False,
     heads: str = ",".join(DEFAULT_HEADS),
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int],
     num_branches: int | None = None,
     expansion: int | None = None,
-    device: str = "cpu",
+    device: str,
     threads: int | None = None,
     out: str | None = None,
     **budget: Any,
@@ -48,7 +49,7 @@ def probe(
     """
     import torch
 
-    from nsrep.probe import format_probe_table, probe_notes, run_probe, sklearn_features, write_probe_outputs
+    from nsrep.probe import format_probe_table, probe_notes, sklearn_features, write_probe_outputs
 
     datasets: list[Any] = [sklearn_features(name) for name in EXAMPLE_DATASETS] if example else []
     datasets += list(files)
