@@ -16,10 +16,10 @@ import statistics
 import torch
 
 import nsrep
-from benchmarks.common import describe_machine, save_bar_chart, table, time_calls, write_report
+from benchmarks.common import describe_machine, save_bar_chart, time_calls, write_report
 from nsrep.inspection import count_parameters
 from nsrep.nn.conv import set_implementation
-from nsrep.report import ratio
+from nsrep.report import markdown_table, ratio
 
 
 def build_forms(arch: str, family: str, device: str, deployed_only: bool) -> dict[str, torch.nn.Module]:
@@ -91,7 +91,7 @@ def main() -> None:
         throughput_ratio.append(thr_t["deployed (NS folded)"] / thr_t[plain])
         title = f"### {arch} (family {args.family}, ns), 3x32x32, {args.device}"
         lines += [f"{title}; median of {args.rounds} interleaved rounds", ""]
-        lines += table(
+        lines += markdown_table(
             ("form", "params", "latency b=1 (ms)", "vs plain", f"throughput b={args.throughput_batch} (img/s)",
              "time vs plain"),
             rows,

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 import nsrep
-from benchmarks.common import describe_machine, run_worker, save_bar_chart, table, time_calls, write_report
+from benchmarks.common import describe_machine, run_worker, save_bar_chart, time_calls, write_report
 from nsrep.nn.conv import set_implementation
-from nsrep.report import ratio
+from nsrep.report import markdown_table, ratio
 
 # (label, family, connectivity, implementation, memory)
 VARIANTS = {
@@ -146,7 +146,7 @@ def main() -> None:
                 f"(median of {args.steps} steps after {args.warmup} warm-up)",
                 "",
             ]
-            lines += table(
+            lines += markdown_table(
                 ("variant", "step (s)", "range (s)", "vs plain", "vs reference", "peak (GiB)", "mem vs plain",
                  "mem vs reference"),
                 rows,
