@@ -6,8 +6,8 @@ flags and whatever argparse cannot know. The rest is filled in here, so nothing 
 - the default comes from the function's signature, else from the signature of ``defaults`` (a library
   function the command passes its options to), or, for :func:`field_arg`, from a field of a library dataclass
   (``UnitConfig``, ``TrainConfig``, ``ProbeConfig``): such a parameter must have no default in the command;
-- ``type`` (int or float, also for the items of a list) and a ``store_true`` / ``store_false`` action come
-  from the annotation;
+- ``type`` (int or float, also for the items of a list) and the ``store_true`` action of a flag come from
+  the annotation;
 - ``{default}`` in a help text is replaced by the default (a list as its items separated by spaces).
 
 The function's docstring is the command's description; its first line the summary in ``nsrep --help``.
@@ -151,7 +151,9 @@ def _derive_type(options: dict[str, Any], annotation: Any) -> None:
     base = _unwrap(annotation)
     if base is bool:
         if "action" not in options and "nargs" not in options:
-            options["action"] = "store_false" if options.get("default") is True else "store_true"
+            if options.get("default") is True:  # a flag named like the option cannot turn it off
+                raise TypeError(f"bool option {options.get('dest', '')!r} defaults to True: give its action")
+            options["action"] = "store_true"
         return
     if typing.get_origin(base) in (list, tuple, Sequence):
         item_types = typing.get_args(base)
