@@ -2,9 +2,8 @@
 
 A command registers itself with :func:`nsrep.cli.command.command`; :func:`main` parses, then calls the
 function with the parsed arguments. User errors (``ValueError``: an unknown architecture, family,
-connectivity, ...) print ``nsrep: error: ...`` and exit with status 2, no traceback.
-Commands: ``info``, ``train``, ``eval``, ``deploy``, ``export``, ``quantize``, ``demo``, ``sweep``,
-``report``, ``analyze``, ``probe``, ``features``.
+connectivity, ...) print ``nsrep: error: ...`` and exit with status 2, no traceback. The commands are listed
+in :data:`COMMAND_NAMES`.
 """
 
 from __future__ import annotations
