@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: isolated worker processes, timing, machine description, tables and charts."""
+"""Shared benchmark plumbing: isolated worker processes, timing, machine description, reports and charts."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from nsrep.info import markdown_table
 
 __all__ = ["describe_machine", "run_worker", "save_bar_chart", "sync", "time_calls", "write_report"]
 
@@ -73,10 +71,6 @@ def write_report(lines: list[str], out: str | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    return markdown_table(header, rows)
 
 
 def save_bar_chart(

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 from torch.utils.data._utils.collate import default_collate
 
 import nsrep
-from benchmarks.common import describe_machine, save_bar_chart, table, write_report
+from benchmarks.common import describe_machine, save_bar_chart, write_report
+from nsrep.report import markdown_table
 from nsrep.train.augment import build_transform
 from nsrep.train.data import load_data
 
@@ -141,10 +142,10 @@ def main() -> None:
         "",
     ]
     rows = [(name, f"{value:.2f}", f"{100 * value / step_ms:.1f}%") for name, value in ms.items()]
-    lines += table(("stage", "ms / batch", "of the step"), rows)
+    lines += markdown_table(("stage", "ms / batch", "of the step"), rows)
     lines += ["", "Pipelines (sum of their stages) and the real loader + transform:", ""]
     rows = [(name, f"{value:.2f}", f"{100 * value / step_ms:.1f}%") for name, value in {**sums, **e2e}.items()]
-    lines += table(("input side", "ms / batch", "of the step"), rows)
+    lines += markdown_table(("input side", "ms / batch", "of the step"), rows)
     write_report(lines, args.out)
     if args.png:
         labels = [name.split(":")[0].replace("AutoAugment", "AA") for name in {**sums, **e2e}]

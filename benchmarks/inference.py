@@ -16,8 +16,10 @@ import statistics
 import torch
 
 import nsrep
-from benchmarks.common import describe_machine, save_bar_chart, table, time_calls, write_report
+from benchmarks.common import describe_machine, save_bar_chart, time_calls, write_report
+from nsrep.inspection import count_parameters
 from nsrep.nn.conv import set_implementation
+from nsrep.report import markdown_table, ratio
 
 
 def build_forms(arch: str, family: str, device: str, deployed_only: bool) -> dict[str, torch.nn.Module]:
@@ -68,7 +70,7 @@ def main() -> None:
     labels, latency_ratio, throughput_ratio = [], [], []
     for arch in args.arch:
         forms = build_forms(arch, args.family, args.device, args.deployed_only)
-        params = {name: sum(p.numel() for p in m.parameters()) for name, m in forms.items()}
+        params = {name: count_parameters(m) for name, m in forms.items()}
         lat = measure(forms, 1, args.rounds, args.calls, args.device)
         thr_t = measure(forms, args.throughput_batch, args.rounds, args.calls, args.device)
         plain = "plain fused"
@@ -79,9 +81,9 @@ def main() -> None:
                     name,
                     f"{params[name]:,}",
                     f"{lat[name] * 1e3:.2f}",
-                    f"{lat[name] / lat[plain]:.2f}x",
+                    ratio(lat[name], lat[plain]),
                     f"{args.throughput_batch / thr_t[name]:.0f}",
-                    f"{thr_t[name] / thr_t[plain]:.2f}x",
+                    ratio(thr_t[name], thr_t[plain]),
                 )
             )
         labels.append(arch)
@@ -89,7 +91,7 @@ def main() -> None:
         throughput_ratio.append(thr_t["deployed (NS folded)"] / thr_t[plain])
         title = f"### {arch} (family {args.family}, ns), 3x32x32, {args.device}"
         lines += [f"{title}; median of {args.rounds} interleaved rounds", ""]
-        lines += table(
+        lines += markdown_table(
             ("form", "params", "latency b=1 (ms)", "vs plain", f"throughput b={args.throughput_batch} (img/s)",
              "time vs plain"),
             rows,

@@ -12,7 +12,8 @@ import time
 import torch
 
 import nsrep
-from benchmarks.common import describe_machine, table, write_report
+from benchmarks.common import describe_machine, write_report
+from nsrep.report import markdown_table
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
             cells.append(f"{statistics.median(times):.2f}")
         rows.append(cells)
     lines = [f"Machine: {describe_machine('cpu', args.threads)}", "", "Seconds to reparameterize (median):", ""]
-    lines += table(("arch", *args.families), rows)
+    lines += markdown_table(("arch", *args.families), rows)
     write_report(lines, args.out)
 
 

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 import nsrep
-from benchmarks.common import describe_machine, run_worker, save_bar_chart, table, time_calls, write_report
+from benchmarks.common import describe_machine, run_worker, save_bar_chart, time_calls, write_report
 from nsrep.nn.conv import set_implementation
+from nsrep.report import markdown_table, ratio
 
 # (label, family, connectivity, implementation, memory)
 VARIANTS = {
@@ -129,11 +130,11 @@ def main() -> None:
                         variant,
                         f"{r['median_s']:.3f}",
                         f"{min(r['times']):.3f}-{max(r['times']):.3f}",
-                        f"{r['median_s'] / plain['median_s']:.2f}x" if plain else "-",
-                        f"{r['median_s'] / reference['median_s']:.2f}x" if reference else "-",
+                        ratio(r["median_s"], plain and plain["median_s"]),
+                        ratio(r["median_s"], reference and reference["median_s"]),
                         f"{r['peak_gib']:.2f}",
-                        f"{r['peak_gib'] / plain['peak_gib']:.2f}x" if plain else "-",
-                        f"{r['peak_gib'] / reference['peak_gib']:.2f}x" if reference else "-",
+                        ratio(r["peak_gib"], plain and plain["peak_gib"]),
+                        ratio(r["peak_gib"], reference and reference["peak_gib"]),
                     )
                 )
                 if reference:
@@ -145,7 +146,7 @@ def main() -> None:
                 f"(median of {args.steps} steps after {args.warmup} warm-up)",
                 "",
             ]
-            lines += table(
+            lines += markdown_table(
                 ("variant", "step (s)", "range (s)", "vs plain", "vs reference", "peak (GiB)", "mem vs plain",
                  "mem vs reference"),
                 rows,

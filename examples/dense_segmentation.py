@@ -24,7 +24,9 @@ from tqdm import tqdm
 import nsrep
 from nsrep.dense import Segmenter, confusion_matrix, make_mosaics, mean_iou, predict, train_segmenter
 from nsrep.fileio import write_json
+from nsrep.inspection import count_parameters
 from nsrep.plotting import pyplot, save_png
+from nsrep.report import format_table as markdown
 from nsrep.train.data import ImageData, ImageFolderDataset, load_data
 from nsrep.train.imagecache import cached_folder
 from nsrep.train.trainer import pinned_threads
@@ -105,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 "variant": name,
                 "family": family,
                 "connectivity": connectivity,
-                "params_train": sum(p.numel() for p in model.parameters()),
-                "params_folded": sum(p.numel() for p in folded.parameters()),
+                "params_train": count_parameters(model),
+                "params_folded": count_parameters(folded),
                 "miou_train_form": miou_train,
                 "miou_folded": miou_folded,
                 "pixel_acc_folded": float((pred_folded == val_y).double().mean()),
@@ -133,18 +135,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| backbone | params (train / folded) | mIoU training form | mIoU folded | pixels differing "
-        "| max rel logit error | train s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} ({r['family']}, {r['connectivity']}) | {r['params_train']:,} / {r['params_folded']:,} "
-            f"| {r['miou_train_form']:.4f} | {r['miou_folded']:.4f} | {r['pixels_differing']} "
-            f"| {r['max_rel_logit_error']:.1e} | {r['train_seconds']:.0f} |"
+    header = (
+        "backbone",
+        "params (train / folded)",
+        "mIoU training form",
+        "mIoU folded",
+        "pixels differing",
+        "max rel logit error",
+        "train s",
+    )
+    body = [
+        (
+            f"{r['variant']} ({r['family']}, {r['connectivity']})",
+            f"{r['params_train']:,} / {r['params_folded']:,}",
+            f"{r['miou_train_form']:.4f}",
+            f"{r['miou_folded']:.4f}",
+            r["pixels_differing"],
+            f"{r['max_rel_logit_error']:.1e}",
+            f"{r['train_seconds']:.0f}",
         )
-    return "\n".join(lines)
+        for r in rows
+    ]
+    return markdown(header, body)
 
 
 def plot_predictions(images, masks, predictions: dict, classes, path: Path, count: int = 6) -> None:

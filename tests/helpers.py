@@ -81,7 +81,3 @@ def assert_folds(model: nn.Module, make_input) -> nn.Module:
     eq32 = nsrep.verify_equivalence(unfolded32, deployed32, x.float())
     assert eq32.max_rel_error <= F32_TOL, f"float32: {eq32}"
     return deployed
-
-
-def num_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -1,75 +1,31 @@
-"""The ``nsrep`` command and the model summaries behind it (nsrep.info)."""
+"""The ``nsrep`` command and the model summary behind ``nsrep info``."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import importlib
+import inspect
+import subprocess
+import sys
+import typing
+
 import pytest
-from torch import nn
 
 import nsrep
-from nsrep.cli import main
-from nsrep.info import (
-    count_macs,
-    count_parameters,
-    model_info,
-    scientific,
-    streams_per_stage,
-    topologies_block,
-    topologies_branch,
-    unit_branch_counts,
-)
+from nsrep.cli import build_parser, main
+from nsrep.cli.command import COMMANDS, add_commands, arg, field_arg
+from nsrep.cli.command import command as register
+from nsrep.info import model_info
+from nsrep.inspection import count_macs, count_parameters
+from nsrep.nn.unit import UnitConfig
+from nsrep.probe import ProbeConfig
+from nsrep.train.config import TrainConfig
 
 SMALL = {"stem": "cifar", "num_classes": 10, "width_mult": 0.25}
 
 
-# ------------------------------------------------------------------------------------- topology counts
-
-
-@pytest.mark.parametrize(
-    ("counts", "inputs", "block", "branch"),
-    [
-        ([3, 3], 1, 6, 9),  # paths through 2 units of 3: one of 6 branches, or one of 3*3 branch chains
-        ([3, 3], 2, 12, 18),
-        ([2, 3], 1, 5, 6),
-        ([1], 1, 1, 1),
-        ([], 1, 0, 1),
-    ],
-)
-def test_topology_counts_hand_counted(counts, inputs, block, branch):
-    assert topologies_block(counts, inputs) == block
-    assert topologies_branch(counts, inputs) == branch
-
-
-@pytest.mark.parametrize(("n", "b", "d"), [(1, 4, 20), (4, 4, 20), (3, 2, 7), (2, 5, 100)])
-def test_topology_counts_reduce_to_paper_equations(n, b, d):
-    assert topologies_block([b] * d, inputs=n) == n * b * d  # Eq. 5
-    assert topologies_branch([b] * d, inputs=n) == n * b**d  # Eq. 7, exact past float range too
-
-
-def test_topology_counts_refuse_empty_units():
-    with pytest.raises(ValueError, match="branch counts"):
-        topologies_branch([2, 0])
-    with pytest.raises(ValueError, match="inputs"):
-        topologies_block([2], inputs=0)
-
-
-@pytest.mark.parametrize(
-    ("n", "text"), [(4**20, "1.10e+12"), (999_999, "1.00e+06"), (7, "7.00e+00"), (10**400, "1.00e+400")]
-)
-def test_scientific(n, text):
-    assert scientific(n) == text
-
-
-# ------------------------------------------------------------------------------------- counting
-
-
-def test_count_macs_of_one_conv():
-    conv = nn.Conv2d(3, 8, 3, padding=1)
-    assert count_macs(conv, input_size=4) == 8 * 3 * 9 * 16
-    assert conv.training  # mode restored
-
-
-def test_count_parameters():
-    assert count_parameters(nn.Conv2d(3, 8, 3)) == 8 * 3 * 9 + 8
+# ------------------------------------------------------------------------------------- nsrep info
 
 
 def test_ns_training_form_costs_more_and_deploys_to_the_plain_net():
@@ -82,29 +38,6 @@ def test_ns_training_form_costs_more_and_deploys_to_the_plain_net():
     assert info["branch_counts"] == [4] * 20
     assert info["topologies_branch"] == 4**20
     assert info["topologies_block"] == 80
-
-
-def test_streams_per_stage():
-    ns = nsrep.create_model("resnet18", family="dbb", connectivity="ns", **SMALL)
-    assert streams_per_stage(ns, 16) == [
-        ("stem", 4, (16, 16, 16)),
-        ("stages.0", 4, (16, 16, 16)),
-        ("stages.1", 4, (32, 8, 8)),
-        ("stages.2", 4, (64, 4, 4)),
-        ("stages.3", 4, (128, 2, 2)),
-    ]
-    block = nsrep.create_model("mobilenet_v1", family="dbb", connectivity="block", **SMALL)
-    stages = streams_per_stage(block, 16)
-    assert [name for name, _, _ in stages] == ["stem", *(f"stages.{i}" for i in range(13))]
-    assert {s for _, s, _ in stages} == {1}
-
-
-def test_unit_branch_counts_plain_stem():
-    model = nsrep.create_model("resnet18", family="acnet", connectivity="block", stem_unit=False, **SMALL)
-    counts = unit_branch_counts(model)
-    assert counts[0] == 1  # the plain stem is a one-branch unit
-    assert counts.count(1) == 1 + 3  # and the 1×1 downsampling units have no asymmetric kernels
-    assert counts.count(3) == 16
 
 
 # ------------------------------------------------------------------------------------- command line
@@ -164,10 +97,135 @@ def test_bad_command_line_exits_2(capsys):
     assert main(["frobnicate"]) == 2
 
 
-def test_training_macs_count_every_branch_even_for_block_connectivity():
-    """The fast path's eval applies folded kernels; training MACs must still count the per-branch work."""
-    from nsrep.info import count_macs, training_macs
+# ------------------------------------------------------------------------------------- defaults written once
 
-    model = nsrep.create_model("resnet18", family="dbb", connectivity="block", num_classes=10, width_mult=0.25)
-    deployed = nsrep.create_model("resnet18", deploy=True, num_classes=10, width_mult=0.25)
-    assert training_macs(model, 16) > 2 * count_macs(deployed, 16)
+
+def _subparser(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[name]
+
+
+def _options(name: str) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in _subparser(name)._actions if a.dest != "help"}
+
+
+def test_unit_options_take_their_defaults_from_unit_config():
+    options = _options("info")
+    unit = UnitConfig()
+    shared = set(options) & set(UnitConfig.field_names())
+    assert shared == {"family", "connectivity", "num_branches"}
+    for dest in shared:
+        assert options[dest].default == getattr(unit, dest), dest
+    assert options["num_branches"].type is int  # from the field's annotation, int | None
+    assert parse(["info", "resnet18"])["family"] == unit.family
+
+
+def test_pass_through_training_options_are_typed_like_train_config_and_unset_by_default():
+    options = _options("train")
+    shared = set(options) & {f.name for f in dataclasses.fields(TrainConfig)}
+    assert shared == {"data", "arch", "family", "connectivity", "epochs", "batch_size"}
+    hints = typing.get_type_hints(TrainConfig)
+    for dest in shared:
+        assert options[dest].default is None, dest  # None: the recipe's value
+        assert options[dest].type is (hints[dest] if hints[dest] in (int, float) else None), dest
+    # and the training defaults of the unit options are UnitConfig's own
+    assert {k: getattr(TrainConfig(), k) for k in UnitConfig.field_names() if hasattr(TrainConfig, k)} == {
+        k: v for k, v in UnitConfig.defaults().items() if hasattr(TrainConfig, k)
+    }
+    demo = _options("demo")["epochs"]
+    assert demo.default is None and demo.type is int
+
+
+def test_probe_budget_defaults_are_probe_config_defaults():
+    options = _options("probe")
+    for f in dataclasses.fields(ProbeConfig):
+        assert options[f.name].default == f.default, f.name
+        assert options[f.name].type is type(f.default), f.name
+        assert f"default: {f.default}" in options[f.name].help
+
+
+def test_help_texts_show_the_defaults_they_are_given(capsys):
+    assert main(["info", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert f"(default: {UnitConfig.family})" in out
+    assert f"(default: {UnitConfig.connectivity})" in out
+    assert "(default: 100)" in out  # --num-classes, from model_info's signature
+    assert main(["probe", "--help"]) == 0
+    assert "(default: 0 1 2)" in " ".join(capsys.readouterr().out.split())
+
+
+@dataclasses.dataclass
+class _Options:
+    alpha: int = 7
+    beta: float | None = None
+    gamma: tuple[int, ...] = (1, 2)
+
+
+def test_command_derives_default_type_and_help_from_a_dataclass():
+    def probe_command(*, flag: bool = False, **options) -> None:
+        """A summary line."""
+
+    try:
+        register(
+            field_arg(_Options, "alpha", help="alpha (default: {default})"),
+            field_arg(_Options, "beta", given_only=True),
+            field_arg(_Options, "gamma", nargs="+", help="gamma (default: {default})"),
+            arg("--flag"),
+            name="_test_command",
+        )(probe_command)
+        parser = argparse.ArgumentParser(prog="t")
+        add_commands(parser.add_subparsers(dest="command"), ["_test_command"])
+        args = vars(parser.parse_args(["_test_command"]))
+        assert args["alpha"] == 7 and args["beta"] is None and args["gamma"] == [1, 2] and args["flag"] is False
+        args = vars(parser.parse_args(["_test_command", "--alpha", "3", "--beta", "0.5", "--gamma", "4", "--flag"]))
+        assert (args["alpha"], args["beta"], args["gamma"], args["flag"]) == (3, 0.5, [4], True)
+        resolved = dict((flags[0], options) for flags, options in COMMANDS["_test_command"].resolved)
+        assert resolved["--alpha"]["help"] == "alpha (default: 7)"
+        assert resolved["--gamma"]["help"] == "gamma (default: 1 2)"
+    finally:
+        COMMANDS.pop("_test_command", None)
+
+
+def test_command_refuses_a_default_written_twice_or_an_unknown_parameter():
+    def twice(*, alpha: int = 7) -> None:
+        """Restates alpha's default."""
+
+    with pytest.raises(TypeError, match="default in _Options"):
+        register(field_arg(_Options, "alpha"), name="_twice")(twice)
+    with pytest.raises(TypeError, match="lacks"):
+        register(arg("--delta"), name="_unknown")(twice)
+    with pytest.raises(TypeError, match="no field"):
+        field_arg(_Options, "delta")
+    assert "_twice" not in COMMANDS and "_unknown" not in COMMANDS
+
+
+def test_python_dash_m_runs_the_command_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "nsrep.cli", "info", "--help"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and "--connectivity" in done.stdout
+
+
+def parse(argv: list[str]) -> dict:
+    return vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    ("name", "function", "dests"),
+    [
+        ("info", "nsrep.info:model_info", ("input_size", "stem", "num_classes", "width_mult", "stem_unit")),
+        ("eval", "nsrep.train.runs:evaluate_path", ("data", "batch_size", "device")),
+        ("analyze", "nsrep.analysis:analyze", ("data", "unit", "max_images", "batch_size")),
+        ("quantize", "nsrep.quantize:quantize_deployed", ("calib", "method", "keep_float", "eval_images", "threads")),
+        ("features", "nsrep.probe:extract_features", ("batch_size",)),
+        ("probe", "nsrep.probe:run_probe", ("seeds", "device")),
+    ],
+)
+def test_options_passed_to_a_library_function_take_its_defaults(name, function, dests):
+    module, attr = function.split(":")
+    parameters = inspect.signature(getattr(importlib.import_module(module), attr)).parameters
+    options = _options(name)
+    for dest in dests:
+        default = parameters[dest].default
+        assert options[dest].default == (list(default) if isinstance(default, tuple) else default), dest

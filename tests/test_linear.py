@@ -10,6 +10,7 @@ from torch import nn
 
 import nsrep
 from helpers import F32_TOL, F64_TOL, assert_folds, classification_loss, train_steps
+from nsrep.inspection import count_parameters
 from nsrep.models.heads import HEADS, AdapterHead, create_head
 from nsrep.nn.activations import guided_feature_activation
 from nsrep.nn.guided import GuidedFeatureActivation, GuidedGELU, GuidedReLU
@@ -320,7 +321,7 @@ def test_heads_fold_exactly_and_load_strictly_into_the_plain_head(name, leading)
         plain.load_state_dict(deployed.state_dict())  # strict
         x = make_input()
         torch.testing.assert_close(plain.eval()(x), deployed(x), rtol=0, atol=0)
-        assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in deployed.parameters())
+        assert count_parameters(plain) == count_parameters(deployed)
 
 
 def test_ns_mlp_layout():

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import nsrep
-from helpers import assert_folds, classification_loss, num_params, train_steps
+from helpers import assert_folds, classification_loss, train_steps
+from nsrep.inspection import count_parameters
 from nsrep.nn.conv import RepConv2d
 from nsrep.nn.guided import GuidedMaxPool2d, GuidedReLU
 from nsrep.nn.streams import StreamAdd, StreamEntry, StreamSum
@@ -62,7 +63,7 @@ def test_model_folds_exactly_and_loads_into_deploy_model(arch, family, connectiv
 
     plain = nsrep.create_model(arch, deploy=True, **options).double()
     plain.load_state_dict(deployed.state_dict(), strict=True)
-    assert num_params(deployed) == num_params(plain)
+    assert count_parameters(deployed) == count_parameters(plain)
     x = _input()()
     torch.testing.assert_close(plain.eval()(x), deployed(x), rtol=0, atol=0)
     assert not any(isinstance(m, nsrep.Foldable | nn.BatchNorm2d) for m in deployed.modules())

@@ -384,7 +384,7 @@ def quantize_deployed(
 
 def format_report(report: QuantReport) -> str:
     """The report's tables as markdown: accuracy, the worst layers, latency."""
-    from nsrep.info import markdown_table
+    from nsrep.report import markdown_table
 
     lines = [
         f"{report.source}: {report.calibration} calibration on {report.calib_images} training images, "

@@ -33,10 +33,11 @@ from nsrep.analysis.similarity import (
     residual_blocks,
 )
 from nsrep.fileio import atomic_write
-from nsrep.info import scientific, topologies_block, topologies_branch, unit_branch_counts
+from nsrep.inspection import topologies, topologies_block, topologies_branch, unit_branch_counts
 from nsrep.nn.conv import RepConv2d
 from nsrep.nn.streams import aggregate
 from nsrep.reparam import reparameterize
+from nsrep.report import count_text
 from nsrep.train.checkpoint import load_checkpoint
 from nsrep.train.runs import eval_split, model_from_checkpoint
 
@@ -255,13 +256,12 @@ def block_drop(
 def topology_counts(model: nn.Module, connectivity: str) -> dict[str, Any]:
     """Units, branches per unit, and topologies with block-level (Eq. 5) and branch-level (Eq. 7) connectivity."""
     counts = unit_branch_counts(model)
-    block, branch = topologies_block(counts), topologies_branch(counts)
     return {
         "units": len(counts),
         "branches": sum(counts),
-        "block_level": block,
-        "branch_level": branch,
-        "this_model": block if connectivity == "block" else branch,
+        "block_level": topologies_block(counts),
+        "branch_level": topologies_branch(counts),
+        "this_model": topologies(counts, connectivity),
     }
 
 
@@ -374,10 +374,10 @@ def analyze(
     header = ("model", "units", "branches", "topologies_block_eq5", "topologies_branch_eq7", "topologies_this_model")
     files.append(_write_csv(out / "topologies.csv", header, rows))
     for label, t in topo.items():
+        block, branch, this = (count_text(t[k], exact=False) for k in ("block_level", "branch_level", "this_model"))
         lines.append(
-            f"topologies {label}: {t['units']} units, {t['branches']} branches; block-level (Eq. 5) "
-            f"{_count(t['block_level'])}, branch-level (Eq. 7) {_count(t['branch_level'])}; this model "
-            f"{_count(t['this_model'])}"
+            f"topologies {label}: {t['units']} units, {t['branches']} branches; block-level (Eq. 5) {block}, "
+            f"branch-level (Eq. 7) {branch}; this model {this}"
         )
     summary = "\n".join(lines)
     files.append(atomic_write(out / "summary.txt", lambda f: f.write((summary + "\n").encode())))
@@ -396,10 +396,6 @@ def _block_level_pairs(models: Sequence[AnalyzedModel]) -> list[tuple[str, str]]
         if match:
             pairs.append((m.label, match[0].label))
     return pairs
-
-
-def _count(n: int) -> str:
-    return f"{n:,}" if n < 10**6 else scientific(n)
 
 
 def _row_major(kernel: Tensor) -> str:

@@ -18,8 +18,8 @@ from typing import Any
 
 from nsrep.experiments.sweep import read_results, run_metrics, stored_spec
 from nsrep.fileio import atomic_write
-from nsrep.info import markdown_table
 from nsrep.plotting import pyplot, save_png
+from nsrep.report import markdown_table
 from nsrep.stats import Cell, Difference, mean_std, paired_difference
 
 __all__ = ["Cell", "Difference", "SweepReport", "build_report", "mean_std", "paired_difference"]

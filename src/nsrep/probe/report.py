@@ -11,10 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from nsrep.fileio import atomic_write
-from nsrep.info import markdown_table
 from nsrep.plotting import pyplot, save_png
 from nsrep.probe.constants import AVERAGE
 from nsrep.probe.training import ProbeResults, ProbeRun
+from nsrep.report import format_table
 from nsrep.stats import Cell, mean_std
 
 # a table cell of the probe: the same mean ± sample std (n) as the sweep report's cells
@@ -42,7 +42,7 @@ def format_probe_table(results: ProbeResults) -> str:
     summary = summarize(results)
     header = ("head", *results.datasets, AVERAGE)
     rows = [(head, *(str(summary[head][c]) for c in header[1:])) for head in results.heads]
-    return "\n".join(markdown_table(header, rows))
+    return format_table(header, rows)
 
 
 def probe_notes(results: ProbeResults) -> list[str]:

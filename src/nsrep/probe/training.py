@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nsrep.inspection import count_parameters
 from nsrep.models.heads import HEADS, create_head
 from nsrep.nn.linear import RepLinear
 from nsrep.probe.constants import DEFAULT_HEADS
@@ -144,8 +145,8 @@ def train_head(
         max_rel_logit_diff=diff / scale if scale > 0 else diff,
         train_loss=train_loss,
         seconds=time.perf_counter() - start,
-        train_params=sum(p.numel() for p in model.parameters()),
-        deployed_params=sum(p.numel() for p in deployed.parameters()),
+        train_params=count_parameters(model),
+        deployed_params=count_parameters(deployed),
     )
 
 

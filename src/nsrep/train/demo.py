@@ -22,7 +22,7 @@ import torch
 
 from nsrep.experiments.spec import ReportSpec, RunPlan, SweepSpec
 from nsrep.experiments.sweep import run_spec
-from nsrep.info import markdown_table
+from nsrep.report import format_table
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe
 from nsrep.train.folders import RunFolder
 from nsrep.train.plots import plot_learning_curves
@@ -176,4 +176,4 @@ def format_demo_table(rows: Sequence[DemoRow]) -> str:
         )
         for r in rows
     ]
-    return "\n".join(markdown_table(header, body))
+    return format_table(header, body)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nsrep.info import count_parameters
+from nsrep.inspection import count_parameters
 from nsrep.nn.conv import reference_copy
 from nsrep.reparam import Equivalence, reparameterize, verify_equivalence
 from nsrep.train import distributed

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from nsrep.info import count_parameters
+from nsrep.inspection import count_parameters
 from nsrep.models import create_model
 from nsrep.models.record import ModelRecord
 from nsrep.nn.conv import reference_copy

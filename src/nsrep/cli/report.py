@@ -1,0 +1,27 @@
+"""``nsrep report``: tables and plots of a sweep folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nsrep.cli.command import arg, command
+
+
+@command(
+    arg("sweep_dir", help="a folder written by nsrep sweep"),
+    arg(
+        "--reference",
+        action="append",
+        metavar="KEY=VALUE",
+        help="reference row for the differences (default: the spec's report.reference)",
+    ),
+)
+def report(sweep_dir: str, *, reference: Sequence[str] = ()) -> None:
+    """Tables (mean ± std over seeds, paired differences with 95% CIs, training cost) and plots of a sweep."""
+    from nsrep.experiments import build_report
+    from nsrep.train.config import parse_override
+
+    ref = dict(parse_override(r) for r in reference) if reference else None
+    result = build_report(sweep_dir, reference=ref)
+    print(result.markdown)
+    print(f"written: {', '.join(str(p) for p in result.files)}")
