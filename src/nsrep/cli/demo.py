@@ -6,18 +6,18 @@ from pathlib import Path
 
 from nsrep.cli.command import arg, command, field_arg
 from nsrep.train.config import TrainConfig
+from nsrep.train.demo import CURVES_FILE, format_demo_table, run_demo
 
 
 @command(
-    arg("--out", help="demo folder (default: {default})"),
+    arg("--out", dest="out_dir", metavar="OUT", help="demo folder (default: {default})"),
     field_arg(TrainConfig, "epochs", given_only=True, help="epochs per variant (default: the demo recipe's)"),
     arg("--fresh", help="retrain variants even when a finished run exists"),
+    defaults=run_demo,
 )
-def demo(*, out: str = "runs/demo", epochs: int | None, fresh: bool = False) -> None:
+def demo(*, out_dir: str, epochs: int | None, fresh: bool) -> None:
     """Train the plain baseline, block-level DBB and NS on the bundled digits; print a table, plot curves."""
-    from nsrep.train.demo import CURVES_FILE, format_demo_table, run_demo
-
     overrides = {"epochs": epochs} if epochs is not None else {}
-    rows = run_demo(out, overrides=overrides, fresh=fresh)
+    rows = run_demo(out_dir, overrides=overrides, fresh=fresh)
     print(format_demo_table(rows))
-    print(f"learning curves: {Path(out) / CURVES_FILE}")
+    print(f"learning curves: {Path(out_dir) / CURVES_FILE}")
