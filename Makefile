@@ -6,6 +6,8 @@ PIP    := $(PY) -m pip
 # The pinned CPU build is installed first when torch is missing, so the `torch>=2.2` range in
 # pyproject is already satisfied and pip never pulls the multi-GB CUDA wheels.
 TORCH_PIN ?= torch==2.13.0
+# Test processes (pytest-xdist); each test runs one torch thread (tests/conftest.py), so 2 fills 2 cores.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-all lint clean
 
@@ -22,10 +24,10 @@ demo: venv
 
 # `make test` leaves out the cases marked slow (the deep networks' share of the fold matrix); CI runs it.
 test: venv
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS)
 
 test-all: venv
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
