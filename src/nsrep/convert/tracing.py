@@ -89,7 +89,10 @@ PLAIN = Plain()
 _RANK = {None: 0, "gate": 1, "forced": 2}
 
 
-class _Rewriter:
+class _GraphState:
+    """What the rewrite knows of each graph value (plain, streams, merged) and the graph edits it makes:
+    installing a module in a node's place, summing a stream set once, refusing with the op named."""
+
     def __init__(self, gm: fx.GraphModule, config: UnitConfig, init: str, report: Conversion) -> None:
         self.gm, self.graph, self.config, self.init, self.report = gm, gm.graph, config, init, report
         self.state: dict[fx.Node, Plain | Streams | Merged] = {}
@@ -99,7 +102,6 @@ class _Rewriter:
         gm.add_submodule("nsrep_entry", StreamEntry())
         gm.add_submodule("nsrep_sum", StreamSum())
 
-    # --- helpers ----------------------------------------------------------------------------------------------
     def module(self, node: fx.Node) -> nn.Module | None:
         return self.gm.get_submodule(node.target) if node.op == "call_module" else None
 
@@ -169,7 +171,12 @@ class _Rewriter:
             if isinstance(self.st(value), Streams):
                 node.replace_input_with(value, self.summed(value))
 
-    # --- the pass ---------------------------------------------------------------------------------------------
+
+class _Rewriter(_GraphState):
+    """One pass over the graph in order: each node goes to ``visit_<kind>`` (its kind from
+    :func:`nsrep.convert.recognize.classify`) when stream sets reach it, which rewrites it and says what it
+    outputs; nodes that see no stream set stay as they are."""
+
     def run(self) -> None:
         for node in list(self.graph.nodes):
             if node in self.erased:
