@@ -21,16 +21,8 @@ _TMP_MARK = ".tmp-"
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(file)`` on a temporary file next to ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}{_TMP_MARK}*"):  # left by a run killed mid-write
-        stale.unlink(missing_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
+    tmp_name = _write_temporary(path, write)
     try:
-        os.chmod(tmp_name, _mode_for(path))  # mkstemp creates 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -47,16 +39,7 @@ def atomic_write_all(files: Mapping[str | os.PathLike, bytes]) -> list[Path]:
     try:
         for path, data in files.items():
             path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            for stale in path.parent.glob(f".{path.name}{_TMP_MARK}*"):
-                stale.unlink(missing_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
-            written.append((tmp_name, path))
-            os.chmod(tmp_name, _mode_for(path))
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
+            written.append((_write_temporary(path, lambda f, data=data: f.write(data)), path))
     except BaseException:
         for tmp_name, _ in written:
             Path(tmp_name).unlink(missing_ok=True)
@@ -66,6 +49,25 @@ def atomic_write_all(files: Mapping[str | os.PathLike, bytes]) -> list[Path]:
     for folder in {path.parent for _, path in written}:
         _fsync_dir(folder)
     return [path for _, path in written]
+
+
+def _write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> str:
+    """A temporary file next to ``path`` holding what ``write`` wrote, fsynced, with the mode ``path`` would
+    have; its name (removed again if ``write`` fails). Temporaries of ``path`` left by a killed write go first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}{_TMP_MARK}*"):  # left by a run killed mid-write
+        stale.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent)
+    try:
+        os.chmod(tmp_name, _mode_for(path))  # mkstemp creates 0600; give the file the mode open() would
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return tmp_name
 
 
 def is_temporary_of(name: str, target: str) -> bool:
