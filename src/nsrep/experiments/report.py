@@ -172,12 +172,16 @@ def _curves_plot(
         ax = axes[0][j]
         for i, row in enumerate(rows):
             runs = by_cell.get((row, col), {})
-            curves = [[m["test_top1"] for m in run_metrics(sweep, r["run"])] for r in runs.values()]
+            # {epoch: top-1} of the scored epochs (runs with eval_every > 1 score some epochs only)
+            curves = [
+                {m["epoch"]: m["test_top1"] for m in run_metrics(sweep, r["run"]) if "test_top1" in m}
+                for r in runs.values()
+            ]
             if not curves:
                 continue
-            length = min(len(c) for c in curves)
-            mean = [statistics.fmean(c[e] for c in curves) for e in range(length)]
-            ax.plot(range(1, length + 1), mean, color=f"C{i}", label=row)
+            epochs = sorted(set.intersection(*(set(c) for c in curves)))
+            mean = [statistics.fmean(c[e] for c in curves) for e in epochs]
+            ax.plot(epochs, mean, color=f"C{i}", label=row)
         ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=col)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)

@@ -79,6 +79,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 256  # global batch: split over DDP ranks and accumulation steps
     eval_batch_size: int = 512
+    eval_every: int = 1  # score the held-out split every N epochs and after the last (long CPU studies)
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
@@ -117,6 +118,7 @@ class TrainConfig:
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "eval_batch_size": self.eval_batch_size,
+            "eval_every": self.eval_every,
             "grad_accum": self.grad_accum,
             "log_every": self.log_every,
         }

@@ -19,9 +19,13 @@ def plot_learning_curves(
     plt = pyplot()
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for label, records in runs.items():
-        epochs = [r["epoch"] for r in records]
-        ax_acc.plot(epochs, [r["test_top1"] for r in records], marker="o", markersize=3, label=label)
-        ax_loss.plot(epochs, [r["train_loss"] for r in records], marker="o", markersize=3, label=label)
+        scored = [r for r in records if "test_top1" in r]  # runs with eval_every > 1 score some epochs only
+        ax_acc.plot(
+            [r["epoch"] for r in scored], [r["test_top1"] for r in scored], marker="o", markersize=3, label=label
+        )
+        ax_loss.plot(
+            [r["epoch"] for r in records], [r["train_loss"] for r in records], marker="o", markersize=3, label=label
+        )
     ax_acc.set(xlabel="epoch", ylabel="test top-1 accuracy (%)", title="Test accuracy (training form)")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
     for ax in (ax_acc, ax_loss):

@@ -328,7 +328,16 @@ def _loaders(
             "lower --batch-size"
         )
     test_shard = Subset(data.test, range(env.rank, len(data.test), env.world_size))
-    test_loader = DataLoader(test_shard, batch_size=config.eval_batch_size, shuffle=False, **common)
+    # Its own generator: iterating a DataLoader draws a seed from the generator it is given (the global one by
+    # default), so evaluating would otherwise shift the training batches' randomness, and how often a run
+    # evaluates (eval_every) would change how it trains.
+    test_loader = DataLoader(
+        test_shard,
+        batch_size=config.eval_batch_size,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(config.seed),
+        **common,
+    )
     return train_loader, sampler, test_loader
 
 
@@ -589,25 +598,27 @@ def _optimizer_step(run: _Run) -> None:
 
 def _evaluate(run: _Run, epoch: int, trained: _EpochTotals) -> dict[str, Any]:
     """Test-set accuracy after the epoch (BN statistics averaged over ranks first); the epoch's metrics."""
-    env = run.env
+    env, config = run.env, run.config
     distributed.average_buffers(run.model, env)  # every rank folds the same BN statistics
-    (result,), _ = evaluate(
-        [run.model],
-        run.test_loader,
-        run.eval_tf,
-        env,
-        channels_last=run.channels_last,
-        autocast=run.autocast,
-        progress=run.show,
-    )
     totals = trained.totals
-    return {
+    record: dict[str, Any] = {
         "epoch": epoch + 1,
         "train_loss": totals[0].item() / totals[2].item(),
         "train_top1": 100 * totals[1].item() / totals[2].item(),
-        "test_loss": result.loss,
-        "test_top1": result.top1,
-        "test_top5": result.top5,
+    }
+    if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+        (result,), _ = evaluate(
+            [run.model],
+            run.test_loader,
+            run.eval_tf,
+            env,
+            channels_last=run.channels_last,
+            autocast=run.autocast,
+            progress=run.show,
+        )
+        record.update(test_loss=result.loss, test_top1=result.top1, test_top5=result.top5)
+    return {
+        **record,
         "lr": run.optimizer.param_groups[0]["lr"],
         "epoch_seconds": trained.seconds,
         "images_per_second": totals[2].item() / trained.seconds,
@@ -622,9 +633,11 @@ def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
     rng = distributed.all_gather_objects(_rng_state(), env)
     if not env.is_main:
         return
+    scores = (
+        f"test top-1 {record['test_top1']:.2f}%  top-5 {record['test_top5']:.2f}%  " if "test_top1" in record else ""
+    )
     tqdm.write(
-        f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
-        f"test top-1 {record['test_top1']:.2f}%  top-5 {record['test_top5']:.2f}%  "
+        f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  {scores}"
         f"{record['images_per_second']:.0f} img/s",
         file=sys.stderr,
     )
