@@ -195,3 +195,20 @@ def test_shipped_specs_are_valid():
         if "-cpu" in path.stem:  # CPU-scale studies run on the CPU recipes, and say that they are
             assert spec.recipe in ("demo", "cifar10-cpu"), path
             assert "CPU-scale" in spec.description or "two CPU cores" in spec.description, path
+
+
+def test_only_selects_the_runs_whose_values_match(tmp_path):
+    # A staged study runs its cheap pilot (one method) before the rest of the same spec, in the same folder.
+    from nsrep.experiments import parse_only, select_plans
+
+    spec = load_spec(write_spec(tmp_path))
+    picked = select_plans(spec, parse_only("connectivity=ns"))
+    assert [p.name for p in picked] == ["connectivity=ns,seed=0", "connectivity=ns,seed=1"]
+    assert [p.name for p in select_plans(spec, parse_only("connectivity=ns,seed=1"))] == ["connectivity=ns,seed=1"]
+    assert len(select_plans(spec, parse_only(None))) == 4
+    with pytest.raises(ValueError, match=r"--only connectivity=naive matches no run; connectivity takes: block, ns"):
+        select_plans(spec, parse_only("connectivity=naive"))
+    with pytest.raises(ValueError, match=r"--only key 'family' is not varied by the sweep; varied: connectivity"):
+        select_plans(spec, parse_only("family=dbb"))
+    with pytest.raises(ValueError, match=r"--only must look like KEY=VALUE\[,KEY=VALUE\]"):
+        parse_only("connectivity")

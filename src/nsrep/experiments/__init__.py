@@ -4,11 +4,12 @@ Spec files for the paper's tables (paper scale and CPU scale) live in the reposi
 """
 
 from nsrep.experiments.report import Cell, Difference, SweepReport, build_report, mean_std, paired_difference
-from nsrep.experiments.spec import ReportSpec, RunPlan, SweepSpec, load_spec
+from nsrep.experiments.spec import ReportSpec, RunPlan, SweepSpec, load_spec, select_plans
 from nsrep.experiments.sweep import (
     SpecStatus,
     SweepStatus,
     collect_results,
+    parse_only,
     parse_shard,
     read_results,
     run_spec,
@@ -29,8 +30,10 @@ __all__ = [
     "load_spec",
     "mean_std",
     "paired_difference",
+    "parse_only",
     "parse_shard",
     "read_results",
     "run_spec",
     "run_sweep",
+    "select_plans",
 ]

@@ -35,7 +35,7 @@ import yaml
 
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe
 
-__all__ = ["ReportSpec", "RunPlan", "SweepSpec", "load_spec"]
+__all__ = ["ReportSpec", "RunPlan", "SweepSpec", "load_spec", "select_plans"]
 
 SPEC_KEYS = ("name", "description", "recipe", "set", "grid", "methods", "seeds", "report")
 REPORT_KEYS = ("rows", "columns", "reference")
@@ -115,6 +115,20 @@ class SweepSpec:
         if duplicates:
             raise ValueError(f"sweep {self.name!r} lists the same run twice: {', '.join(duplicates)}")
         return plans
+
+
+def select_plans(spec: SweepSpec, only: dict[str, str]) -> list[RunPlan]:
+    """The spec's plans whose varied values (seed included) equal ``only``'s, compared as the folder names
+    print them; a key the sweep does not vary, or a value no run has, is refused with the valid ones."""
+    plans = spec.plans()
+    varied = (*spec.varied_keys, "seed")
+    for key, value in only.items():
+        if key not in varied:
+            raise ValueError(f"--only key {key!r} is not varied by the sweep; varied: {', '.join(varied)}")
+        taken = sorted({_format(p.values[key]) for p in plans}, key=str)
+        if value not in taken:
+            raise ValueError(f"--only {key}={value} matches no run; {key} takes: {', '.join(taken)}")
+    return [p for p in plans if all(_format(p.values[k]) == v for k, v in only.items())]
 
 
 def _hashable(value: Any) -> Any:

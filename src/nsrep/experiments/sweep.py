@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from nsrep.experiments.spec import RunPlan, SweepSpec, load_spec
+from nsrep.experiments.spec import RunPlan, SweepSpec, load_spec, select_plans
 from nsrep.fileio import atomic_write
 from nsrep.train.folders import RunFolder
 from nsrep.train.trainer import read_metrics, train
@@ -34,6 +34,7 @@ __all__ = [
     "SpecStatus",
     "SweepStatus",
     "collect_results",
+    "parse_only",
     "parse_shard",
     "read_results",
     "run_metrics",
@@ -90,6 +91,16 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not sep or n < 1 or not 0 <= i < n:
         raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
     return i, n
+
+
+def parse_only(text: str | None) -> dict[str, str]:
+    """``"family=plain,epochs=100"`` -> ``{"family": "plain", "epochs": "100"}``; None -> no selection."""
+    if text is None:
+        return {}
+    pairs = [part.partition("=") for part in text.split(",")]
+    if not all(sep and key and value for key, sep, value in pairs):
+        raise ValueError(f"--only must look like KEY=VALUE[,KEY=VALUE] (e.g. family=plain), got {text!r}")
+    return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 def _claim_folder(out: Path, spec_path: Path, spec: SweepSpec) -> None:
@@ -173,10 +184,12 @@ def run_sweep(
     out_dir: str | os.PathLike,
     *,
     shard: tuple[int, int] = (0, 1),
+    only: dict[str, str] | None = None,
     max_runs: int | None = None,
     progress: bool = True,
 ) -> SweepStatus:
-    """Run the spec's plans of this shard in order; ``max_runs`` stops after that many trainings."""
+    """Run the spec's plans of this shard in order; ``only`` keeps the plans with those values (a staged
+    study's pilot); ``max_runs`` stops after that many trainings."""
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)  # validates every configuration before anything is written
     if max_runs is not None and max_runs < 0:
@@ -185,7 +198,7 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     _claim_folder(out, spec_path, spec)
     index, count = shard
-    plans = [p for i, p in enumerate(spec.plans()) if i % count == index]
+    plans = [p for i, p in enumerate(select_plans(spec, only or {})) if i % count == index]
     bar = tqdm(plans, desc=f"sweep {spec.name}", unit="run", disable=not progress)
 
     def announce(event: str, plan: RunPlan, folder: RunFolder) -> None:
