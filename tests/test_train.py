@@ -17,8 +17,10 @@ import torch
 import nsrep
 from nsrep.cli import main
 from nsrep.export import export_onnx, export_torchscript, load_deployed, read_config
+from nsrep.storage.data_record import HeldOut
 from nsrep.train.checkpoint import load_checkpoint, save_checkpoint
 from nsrep.train.config import TrainConfig, apply_overrides, list_recipes, load_recipe, parse_override
+from nsrep.train.folders import DeployFolder
 from nsrep.train.runs import evaluate_path
 from nsrep.train.trainer import lr_factor, param_groups, train
 
@@ -465,13 +467,13 @@ def test_cifar10_cpu_recipe_on_a_folder_without_val(tmp_path, capsys):
     assert main([*argv, *[x for o in overrides for x in ("--set", o)]]) == 0
     config = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["config"]
     assert (config["val_fraction"], config["split_seed"], config["train_subset"]) == (0.25, 0, 30)
-    meta = json.loads((tmp_path / "run" / "deploy" / "preprocess.json").read_text())
-    assert (meta["val_fraction"], meta["split_seed"], meta["input_size"]) == (0.25, 0, 32)
+    meta = DeployFolder(tmp_path / "run" / "deploy").read_data_record()
+    assert (meta.split, meta.input_size) == (HeldOut(0.25, 0), 32)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["deployed_form"]["count"] == 15  # 25% of 60 images held out, 5 per class
     err = capsys.readouterr().err
     assert "30 train / 15 held-out validation" in err and "decoded once, cached" in err
     # nsrep eval finds the same held-out images again from what the run recorded
     evaluation = evaluate_path(tmp_path / "run" / "checkpoint.pt")  # the folder the run recorded
-    assert meta["source"] == str(tmp_path / "train") and evaluation.deployed_form.count == 15
+    assert meta.source == str(tmp_path / "train") and evaluation.deployed_form.count == 15
     assert evaluation.deployed_form.top1 == summary["deployed_form"]["top1"]

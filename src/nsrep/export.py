@@ -23,6 +23,7 @@ from torch import nn
 from nsrep.fileio import atomic_write
 from nsrep.models.record import ModelRecord
 from nsrep.reparam import compare_outputs
+from nsrep.storage.data_record import DataRecord
 from nsrep.train.folders import DeployFolder
 
 __all__ = [
@@ -74,13 +75,13 @@ def load_deployed(model_dir: str | os.PathLike) -> nn.Module:
 
 
 def _example_input(model_dir: Path, batch_size: int) -> torch.Tensor:
-    meta = read_preprocess(model_dir)
     record = read_record(model_dir)
     config = record.options
     if record.kind == "head":  # heads take feature vectors
         return torch.randn(batch_size, int(config["in_features"]), generator=torch.Generator().manual_seed(0))
-    size = int(meta.get("input_size", 32 if config.get("stem", "cifar") == "cifar" else 224))
-    chans = int(meta.get("in_chans", config.get("in_chans", 3)))
+    data = DeployFolder(model_dir).read_data_record() or DataRecord(source=None, kind=None)  # none recorded
+    size = data.input_size or (32 if config.get("stem", "cifar") == "cifar" else 224)
+    chans = data.in_chans or int(config.get("in_chans", 3))
     return torch.randn(batch_size, chans, size, size, generator=torch.Generator().manual_seed(0))
 
 

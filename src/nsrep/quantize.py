@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nsrep.export import _quiet, export_onnx, read_preprocess
+from nsrep.export import _quiet, export_onnx
 from nsrep.fileio import atomic_write, write_json
 from nsrep.train.folders import DeployFolder, RunFolder
 from nsrep.validation import check_choice
@@ -76,6 +76,7 @@ class QuantReport:
     calibration: str
     calib_images: int
     eval_images: int
+    eval_split: str  # which images those are, and why (nsrep.train.runs.EvalData.split)
     models: dict[str, dict[str, float]]
     layers: list[LayerError]
     kept_float: list[str]
@@ -314,13 +315,13 @@ def quantize_deployed(
     for name, value, low in (("--calib", calib, 1), ("--keep-float", keep_float, 0), ("--threads", threads, 1)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
-    from nsrep.train.runs import eval_split
+    from nsrep.train.runs import eval_data
 
-    meta = read_preprocess(folder)
-    data_source = data if data is not None else meta.get("source", meta.get("data"))
-    if data_source is None:
-        raise ValueError(f"{str(folder)!r} does not record its data ({DeployFolder.PREPROCESS}); pass --data")
-    images, transform, _ = eval_split(data_source, meta, batch_size=256, run=str(folder))
+    # calibration draws from the training images, so the run's split applies even to a folder handed in
+    chosen = eval_data(
+        DeployFolder(folder).read_data_record(), data, batch_size=256, run=str(folder), whole_folder=False
+    )
+    images, transform, data_source = chosen.images, chosen.transform, chosen.source
     if calib > len(images.train):
         raise ValueError(
             f"--calib {calib} is larger than the {len(images.train)} training images of {data_source!r}; "
@@ -365,6 +366,7 @@ def quantize_deployed(
             calibration=method,
             calib_images=calib,
             eval_images=n_eval,
+            eval_split=chosen.split,
             models=models,
             layers=layers,
             kept_float=kept_layers,
@@ -388,7 +390,7 @@ def format_report(report: QuantReport) -> str:
 
     lines = [
         f"{report.source}: {report.calibration} calibration on {report.calib_images} training images, "
-        f"{report.eval_images} held-out images",
+        f"{report.eval_images} test images: {report.eval_split}",
         "",
     ]
     fp32 = report.models["fp32"]["top1"]

@@ -17,8 +17,16 @@ import torch
 
 from nsrep.fileio import atomic_write
 from nsrep.models.record import ModelRecord
+from nsrep.storage.data_record import DataRecord, read_data_record
 
-__all__ = ["FORMAT_VERSION", "READABLE_FORMATS", "checkpoint_record", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT_VERSION",
+    "READABLE_FORMATS",
+    "checkpoint_data_record",
+    "checkpoint_record",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
@@ -64,3 +72,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def checkpoint_record(state: dict[str, Any], source: str = "the checkpoint") -> ModelRecord:
     """The model record of a loaded checkpoint (any readable format)."""
     return ModelRecord.from_dict(state["model_record"], source=source)
+
+
+def checkpoint_data_record(state: dict[str, Any], path: str | os.PathLike = "the checkpoint") -> DataRecord | None:
+    """The data record of a loaded checkpoint (any readable version; None when it was saved without one)."""
+    return read_data_record(state.get("data"), source=str(path))

@@ -102,6 +102,8 @@ class ImageData:
     # set when the test split is a stratified share of the source's training images (a folder without val/)
     val_fraction: float | None = None
     split_seed: int | None = None
+    # set when a folder without val/ was opened for evaluation only: every image is in the test split
+    whole_folder: bool = False
 
     @property
     def held_out(self) -> bool:
@@ -254,6 +256,7 @@ def load_data(
     train_subset: int | None = None,
     train_item_size: int | None = None,
     cache: bool = True,
+    hold_out: bool = True,
 ) -> ImageData:
     """Open ``source``: "digits", "synthetic", a CIFAR python folder or an ImageNet-style folder.
 
@@ -267,10 +270,13 @@ def load_data(
     ``split_seed``; the test split is untouched). ``train_item_size`` sets the side of an image folder's train
     items (default: the resize side, for a random-resized crop on the device; pass ``image_size`` for a
     pad-and-crop recipe). ``cache`` decodes folders of small images once (see nsrep.train.imagecache).
+    ``hold_out=False`` opens a folder without ``val/`` for evaluation: every image is in the test split and the
+    train split is empty.
     """
     if not isinstance(val_fraction, int | float) or isinstance(val_fraction, bool) or not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
-    data = _open(source, image_size, verify, checksums, synthetic, val_fraction, split_seed, train_item_size, cache)
+    split = _ImageFolderSplit(val_fraction, split_seed, train_item_size, cache, hold_out)
+    data = _open(source, image_size, verify, checksums, synthetic, split)
     if train_subset is not None:
         data = _with_train_subset(data, train_subset, split_seed)
     return data
@@ -282,10 +288,7 @@ def _open(
     verify: bool,
     checksums: Mapping[str, str] | None,
     synthetic: SyntheticSpec | None,
-    val_fraction: float,
-    split_seed: int,
-    train_item_size: int | None,
-    cache: bool,
+    split: _ImageFolderSplit,
 ) -> ImageData:
     if isinstance(source, str) and source in ("digits", "synthetic"):
         if checksums is not None:
@@ -322,7 +325,6 @@ def _open(
     if checksums is not None:
         raise ValueError(f"checksums= applies only to CIFAR folders, and {str(path)!r} is none")
     size = DEFAULT_IMAGENET_SIZE if image_size is None else image_size
-    split = _ImageFolderSplit(val_fraction, split_seed, train_item_size, cache)
     if (path / "train").is_dir() or (path / "val").is_dir():
         return _load_image_folder(path, size, split)
     if _holds_class_folders(path):  # the class folders themselves (e.g. data/train): a held-out split
@@ -339,14 +341,21 @@ def describe(data: ImageData) -> str:
     item_size = getattr(data.train, "item_size", data.image_size)
     if item_size != data.image_size:
         shape += f" (train items {item_size}x{item_size}, cropped on the device)"
+    cached = " (decoded once, cached)" if isinstance(data.train, CachedImageFolder) else ""
+    return (
+        f"{data.name}: {len(data.train)} train / {len(data.test)} {_test_split_name(data)} images{cached}, "
+        f"{data.num_classes} classes, {shape}, augment {data.augment}"
+    )
+
+
+def _test_split_name(data: ImageData) -> str:
+    """Which images the test split holds, in words."""
     test = "test"
     if data.held_out:
         test = f"held-out validation (val_fraction {data.val_fraction}, seed {data.split_seed})"
-    cached = " (decoded once, cached)" if isinstance(data.train, CachedImageFolder) else ""
-    return (
-        f"{data.name}: {len(data.train)} train / {len(data.test)} {test} images{cached}, {data.num_classes} "
-        f"classes, {shape}, augment {data.augment}"
-    )
+    elif data.whole_folder:
+        test = "test (every image of the folder)"
+    return test
 
 
 def stratified_indices(targets: np.ndarray, fraction: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -488,6 +497,7 @@ class _ImageFolderSplit:
     seed: int
     train_item_size: int | None
     cache: bool
+    hold_out: bool = True  # False: a folder without val/ is all test images (opened for evaluation)
 
 
 def _load_image_folder(
@@ -515,7 +525,10 @@ def _load_image_folder(
     classes = _class_folders(train_dir)
     samples = _scan(train_dir, classes)
     held_out = train_dir != root / "train" or not (root / "val").is_dir()
-    if held_out:
+    whole_folder = held_out and not split.hold_out
+    if whole_folder:
+        held_out, train_samples, val_samples = False, [], samples
+    elif held_out:
         targets = np.array([label for _, label in samples], dtype=np.int64)
         kept, drawn = stratified_indices(targets, split.val_fraction, split.seed)
         train_samples, val_samples = [samples[i] for i in kept], [samples[i] for i in drawn]
@@ -533,7 +546,9 @@ def _load_image_folder(
     if split.cache:
         from nsrep.train.imagecache import cached_folder
 
-        train, test = (cached_folder(d, root) if d.item_size <= SMALL_IMAGE_MAX else d for d in (train, test))
+        train, test = (
+            cached_folder(d, root) if d.item_size <= SMALL_IMAGE_MAX and len(d) else d for d in (train, test)
+        )
     return ImageData(
         name="imagefolder",
         train=train,
@@ -547,6 +562,7 @@ def _load_image_folder(
         augment="random-resized-crop" if item is None else "pad-crop",
         val_fraction=split.val_fraction if held_out else None,
         split_seed=split.seed if held_out else None,
+        whole_folder=whole_folder,
     )
 
 

@@ -126,9 +126,9 @@ def run_demo(
         folder = RunFolder(out / plan.name)
         summary = folder.read_summary()
         curves[plan.name] = folder.read_metrics()
-        meta = folder.deploy.read_preprocess()
+        data = folder.deploy.read_data_record()
         deployed.append(folder.deploy.load())
-        inputs.append(torch.randn(1, meta["in_chans"], meta["input_size"], meta["input_size"]))
+        inputs.append(torch.randn(1, data.in_chans, data.input_size, data.input_size))
         rows.append(
             DemoRow(
                 family=plan.config.family,

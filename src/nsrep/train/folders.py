@@ -31,6 +31,7 @@ from torch import nn
 from nsrep.fileio import atomic_write, atomic_write_all, is_temporary_of, json_bytes, write_json
 from nsrep.models.record import ModelRecord
 from nsrep.reparam import unwrap_model
+from nsrep.storage.data_record import DataRecord, read_data_record
 from nsrep.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from nsrep.train.config import EXECUTION_FIELDS, TrainConfig
 
@@ -79,8 +80,15 @@ class DeployFolder:
         """Whether the folder holds a deployed model (record and weights)."""
         return self.record_path.is_file() and self.weights_path.is_file()
 
-    def write(self, model: nn.Module, *, preprocess: Mapping[str, Any] | None = None) -> Path:
-        """Save a deployed (reparameterized) nsrep model or head.
+    def write(
+        self,
+        model: nn.Module,
+        *,
+        data_record: DataRecord | None = None,
+        preprocess: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Save a deployed (reparameterized) nsrep model or head, with the data record of its run (a model) or
+        free-form ``preprocess`` notes (a head's features; not both) as ``preprocess.json``.
 
         Every file is serialised before any is written, and then all are written as one step
         (:func:`nsrep.fileio.atomic_write_all`): a failure leaves the folder as it was. Raises ``ValueError``
@@ -101,6 +109,10 @@ class DeployFolder:
             self.weights_path: save(tensors, metadata={"producer": "nsrep"}),
             self.record_path: json_bytes(record.to_dict()),
         }
+        if data_record is not None and preprocess is not None:
+            raise ValueError("pass the data record or free-form preprocess notes, not both")
+        if data_record is not None:
+            preprocess = data_record.to_dict()
         if preprocess is not None:
             files[self.preprocess_path] = json_bytes(dict(preprocess))
         atomic_write_all(files)
@@ -123,6 +135,10 @@ class DeployFolder:
     def read_preprocess(self) -> dict[str, Any]:
         """Input size, channels, mean/std and class names ({} when the model was saved without)."""
         return json.loads(self.preprocess_path.read_text()) if self.preprocess_path.is_file() else {}
+
+    def read_data_record(self) -> DataRecord | None:
+        """The data record in ``preprocess.json`` (any readable version; None without one)."""
+        return read_data_record(self.read_preprocess(), source=str(self.preprocess_path))
 
     def load(self) -> nn.Module:
         """Rebuild the deployed form of the stored record and load its weights strictly (eval mode)."""

@@ -32,6 +32,7 @@ from nsrep.models import create_model
 from nsrep.models.record import ModelRecord
 from nsrep.nn.conv import reference_copy
 from nsrep.reparam import reparameterize, unwrap_model, verify_equivalence
+from nsrep.storage.data_record import DataRecord, HeldOut
 from nsrep.train import distributed
 from nsrep.train.augment import BatchTransform, build_transform
 from nsrep.train.config import TrainConfig
@@ -634,7 +635,7 @@ def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
             {
                 "config": config.to_dict(),
                 "model_record": ModelRecord.of(model).to_dict(),
-                "data": _data_meta(run.data, config.data),
+                "data": _data_record(run.data, config.data).to_dict(),
                 "epoch": epoch + 1,
                 "model": model.state_dict(),
                 "optimizer": run.optimizer.state_dict(),
@@ -652,19 +653,20 @@ def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
                 run.writer.add_scalar(key, value, epoch + 1)
 
 
-def _data_meta(data: ImageData, source: str) -> dict[str, Any]:
-    """What a deployed model's user needs to feed it (saved as ``preprocess.json``), and where its data was."""
-    return {
-        "data": data.name,
-        "source": source,  # the --data the run read: a folder path, or "digits" / "synthetic"
-        "num_classes": data.num_classes,
-        "in_chans": data.in_chans,
-        "input_size": data.image_size,
-        "mean": list(data.mean),
-        "std": list(data.std),
-        "class_names": list(data.class_names),
-        **({"val_fraction": data.val_fraction, "split_seed": data.split_seed} if data.held_out else {}),
-    }
+def _data_record(data: ImageData, source: str) -> DataRecord:
+    """What the run read and what a deployed model's user needs to feed it (checkpoint and ``preprocess.json``)."""
+    split = HeldOut(data.val_fraction, data.split_seed) if data.held_out else None
+    return DataRecord(
+        source=source,  # the --data the run read: a folder path, or "digits" / "synthetic"
+        kind=data.name,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        input_size=data.image_size,
+        mean=data.mean,
+        std=data.std,
+        class_names=data.class_names,
+        split=split,
+    )
 
 
 def _finish(run: _Run, last_epoch: int) -> TrainResult:
@@ -695,7 +697,7 @@ def _finish(run: _Run, last_epoch: int) -> TrainResult:
     if len(set(result.deployed_digests)) != 1:
         raise RuntimeError(f"ranks folded different deployed weights: {result.deployed_digests}")
     if env.is_main and run.folder is not None:
-        run.folder.deploy.write(result.deployed, preprocess=_data_meta(run.data, config.data))
+        run.folder.deploy.write(result.deployed, data_record=_data_record(run.data, config.data))
         summary = {
             "train_form": asdict(train_form),
             "deployed_form": asdict(deployed_form),
