@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from nsrep.data.datasets import load_data
 from nsrep.fileio import atomic_write
 from nsrep.models import create_model
 from nsrep.nn.conv import RepConv2d
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe, parse_override
-from nsrep.train.data import load_data
 from nsrep.train.trainer import build_optimizer, lr_factor, pinned_threads, train_transform
 
 __all__ = ["StabilityTrace", "trace_stability"]

@@ -118,12 +118,12 @@ def extract_features(
     progress: bool = True,
     workers: int = 0,
 ) -> FeatureSet:
-    """Features of ``data`` (an :class:`nsrep.train.data.ImageData`) under ``encoder``, train and test splits.
+    """Features of ``data`` (an :class:`nsrep.data.datasets.ImageData`) under ``encoder``, train and test splits.
 
     Images go through the data set's eval transform (centre crop, normalise), in batches with a progress bar;
     the encoder's outputs (B, ...) are flattened to float32 (B, D).
     """
-    from nsrep.train.augment import build_transform
+    from nsrep.data.augment import build_transform
 
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -18,11 +18,11 @@ from typing import Any
 
 import yaml
 
+from nsrep.data.datasets import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from nsrep.models import list_models
 from nsrep.models.common import MEMORY_MODES, STEMS
 from nsrep.nn.bn_init import BN_INITS, DEFAULT_BN_INIT
 from nsrep.nn.unit import UnitConfig
-from nsrep.train.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from nsrep.train.distributed import DEVICES
 from nsrep.train.regularize import DECAY_MODES
 from nsrep.validation import check_choice
@@ -170,7 +170,7 @@ class TrainConfig:
         }
 
     def data_kwargs(self) -> dict[str, Any]:
-        """The ``nsrep.train.data.load_data`` keywords of this run's data."""
+        """The ``nsrep.data.datasets.load_data`` keywords of this run's data."""
         pad_crop = self.augment == "pad-crop"  # train items at the input size, not at the resize side
         return {
             "image_size": self.image_size,

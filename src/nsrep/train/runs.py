@@ -14,14 +14,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from nsrep.data.augment import BatchTransform, build_transform
+from nsrep.data.datasets import ImageData, load_data
 from nsrep.inspection import count_parameters
 from nsrep.nn.conv import reference_copy
 from nsrep.reparam import Equivalence, reparameterize, verify_equivalence
 from nsrep.storage.data_record import DataRecord
 from nsrep.train import distributed
-from nsrep.train.augment import BatchTransform, build_transform
 from nsrep.train.checkpoint import checkpoint_data_record, checkpoint_record, load_checkpoint
-from nsrep.train.data import ImageData, load_data
 from nsrep.train.folders import DeployFolder
 from nsrep.train.trainer import EvalResult, evaluate
 

@@ -27,6 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from nsrep.data.augment import BatchTransform, build_transform
+from nsrep.data.datasets import ImageData, describe, load_data
 from nsrep.inspection import count_parameters
 from nsrep.models import create_model
 from nsrep.models.record import ModelRecord
@@ -34,9 +36,7 @@ from nsrep.nn.conv import reference_copy
 from nsrep.reparam import reparameterize, unwrap_model, verify_equivalence
 from nsrep.storage.data_record import DataRecord, HeldOut
 from nsrep.train import distributed
-from nsrep.train.augment import BatchTransform, build_transform
 from nsrep.train.config import TrainConfig
-from nsrep.train.data import ImageData, describe, load_data
 from nsrep.train.folders import RunFolder
 from nsrep.train.regularize import equivalent_kernel_l2, unit_parameter_ids
 

@@ -2,10 +2,10 @@
 
 Every item is ``(image, label)``: ``image`` a uint8 tensor (C, H, W), ``label`` an int, so the default collate
 makes a uint8 batch (B, C, H, W) that the trainer converts to float and augments on the device
-(:mod:`nsrep.train.augment`). Small data sets live in memory as one uint8 tensor (indexing is a view: no decode,
+(:mod:`nsrep.data.augment`). Small data sets live in memory as one uint8 tensor (indexing is a view: no decode,
 no PIL); ImageNet-style folders are decoded with Pillow in ``__getitem__``, i.e. in the DataLoader workers,
 except folders of small images (items of at most ``SMALL_IMAGE_MAX`` pixels a side, CIFAR-style JPEGs), which are
-decoded once into a uint8 tensor (kept in memory and in a cache file beside the data, nsrep.train.imagecache)
+decoded once into a uint8 tensor (kept in memory and in a cache file beside the data, nsrep.data.imagecache)
 so no epoch after the first decodes a JPEG. A folder without ``val/`` gets a stratified, seeded validation
 split of its ``train/`` images (``val_fraction``, ``split_seed``).
 """
@@ -98,7 +98,7 @@ class ImageData:
     mean: tuple[float, ...]  # per-channel normalisation on the [0, 1] scale
     std: tuple[float, ...]
     class_names: tuple[str, ...]
-    augment: str  # default augmentation kind: "pad-crop" or "random-resized-crop" (nsrep.train.augment)
+    augment: str  # default augmentation kind: "pad-crop" or "random-resized-crop" (nsrep.data.augment)
     # set when the test split is a stratified share of the source's training images (a folder without val/)
     val_fraction: float | None = None
     split_seed: int | None = None
@@ -269,7 +269,7 @@ def load_data(
     ``split_seed``, as the test split. ``train_subset`` keeps that many training images (stratified, seeded by
     ``split_seed``; the test split is untouched). ``train_item_size`` sets the side of an image folder's train
     items (default: the resize side, for a random-resized crop on the device; pass ``image_size`` for a
-    pad-and-crop recipe). ``cache`` decodes folders of small images once (see nsrep.train.imagecache).
+    pad-and-crop recipe). ``cache`` decodes folders of small images once (see nsrep.data.imagecache).
     ``hold_out=False`` opens a folder without ``val/`` for evaluation: every image is in the test split and the
     train split is empty.
     """
@@ -544,7 +544,7 @@ def _load_image_folder(
     train = ImageFolderDataset(train_samples, classes, resize_size=train_item, item_size=train_item)
     test = ImageFolderDataset(val_samples, classes, resize_size=resize_size, item_size=image_size)
     if split.cache:
-        from nsrep.train.imagecache import cached_folder
+        from nsrep.data.imagecache import cached_folder
 
         train, test = (
             cached_folder(d, root) if d.item_size <= SMALL_IMAGE_MAX and len(d) else d for d in (train, test)

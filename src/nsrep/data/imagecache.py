@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from nsrep.fileio import atomic_write
-from nsrep.train.data import CachedImageFolder, ImageFolderDataset
+from nsrep.data.datasets import CachedImageFolder, ImageFolderDataset
 
 __all__ = ["CACHE_DIR", "CACHE_FORMAT", "cache_key", "cached_folder"]
 
