@@ -14,7 +14,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -49,6 +49,8 @@ EXECUTION_FIELDS = frozenset({"workers", "threads", "log_every", "progress"})
 @dataclass
 class TrainConfig:
     """Everything one training run depends on; saved with every checkpoint so a run can be rebuilt."""
+
+    EXECUTION_FIELDS: ClassVar[frozenset[str]] = EXECUTION_FIELDS  # a run folder resumes despite these
 
     # model (nsrep.create_model keywords; num_classes and in_chans come from the data)
     arch: str = "resnet18"

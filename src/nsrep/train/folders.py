@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import yaml
 from torch import nn
@@ -33,11 +33,18 @@ from nsrep.models.record import ModelRecord
 from nsrep.reparam import unwrap_model
 from nsrep.storage.data_record import DataRecord, read_data_record
 from nsrep.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from nsrep.train.config import EXECUTION_FIELDS, TrainConfig
 
-__all__ = ["RUN_STATES", "DeployFolder", "RunFolder", "config_conflicts"]
+__all__ = ["RUN_STATES", "DeployFolder", "RunConfig", "RunFolder", "config_conflicts"]
 
 RUN_STATES = ("new", "resumable", "finished", "foreign")
+
+
+class RunConfig(Protocol):
+    """What a run folder needs of a training configuration (:class:`nsrep.train.config.TrainConfig` is one)."""
+
+    EXECUTION_FIELDS: ClassVar[frozenset[str]]  # settings that may differ when a run is resumed
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 class DeployFolder:
@@ -157,12 +164,12 @@ class DeployFolder:
         return model.eval()
 
 
-def config_conflicts(saved: Mapping[str, Any], asked: TrainConfig) -> list[str]:
+def config_conflicts(saved: Mapping[str, Any], asked: RunConfig) -> list[str]:
     """Keys (execution settings aside) where a stored configuration differs from ``asked``, described."""
     return [
         f"{key}={saved.get(key)!r} in the checkpoint, {value!r} asked"
         for key, value in asked.to_dict().items()
-        if key not in EXECUTION_FIELDS and saved.get(key) != value
+        if key not in asked.EXECUTION_FIELDS and saved.get(key) != value
     ]
 
 
@@ -242,7 +249,7 @@ class RunFolder:
                 "it: choose another --out"
             )
 
-    def open(self, config: TrainConfig, *, resume: bool) -> dict[str, Any] | None:
+    def open(self, config: RunConfig, *, resume: bool) -> dict[str, Any] | None:
         """Check that ``config`` may run here; returns the checkpoint to resume from (None: start afresh).
 
         Refuses a foreign folder, an existing run without ``resume``, ``resume`` without a checkpoint, and
@@ -262,7 +269,7 @@ class RunFolder:
         self.check_config(checkpoint["config"], config)
         return checkpoint
 
-    def check_config(self, saved: Mapping[str, Any], config: TrainConfig) -> None:
+    def check_config(self, saved: Mapping[str, Any], config: RunConfig) -> None:
         """Refuse to continue (or reuse) this run with a configuration other than the stored one."""
         conflicts = config_conflicts(saved, config)
         if conflicts:
@@ -270,7 +277,7 @@ class RunFolder:
 
     # ------------------------------------------------------------------------------------------ files
 
-    def write_config(self, config: TrainConfig) -> Path:
+    def write_config(self, config: RunConfig) -> Path:
         self._refuse_foreign()
         return atomic_write(self.config_path, lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
 
@@ -288,10 +295,9 @@ class RunFolder:
     def load_checkpoint(self) -> dict[str, Any]:
         return load_checkpoint(self.checkpoint_path)
 
-    def stored_config(self) -> TrainConfig:
-        """The configuration the run's checkpoint was trained with."""
-        state = self.load_checkpoint()
-        return TrainConfig.from_dict(state["config"], source=f"checkpoint in {str(self.path)!r}")
+    def stored_config(self) -> dict[str, Any]:
+        """The configuration the run's checkpoint was trained with (its ``to_dict`` form)."""
+        return self.load_checkpoint()["config"]
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
         return write_json(self.summary_path, dict(summary))

@@ -298,7 +298,7 @@ def _peak_memory_mib(device: torch.device) -> float:
 
 def stored_config(run_dir: str | Path) -> TrainConfig:
     """The configuration a run folder's checkpoint was trained with."""
-    return RunFolder(run_dir).stored_config()
+    return TrainConfig.from_dict(RunFolder(run_dir).stored_config(), source=f"checkpoint in {str(run_dir)!r}")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
