@@ -11,8 +11,8 @@ import torch
 
 from nsrep.analysis import analyze
 from nsrep.cli import main
+from nsrep.storage.checkpoint import load_checkpoint
 from nsrep.storage.data_record import DATA_RECORD_VERSION, DataRecord, HeldOut, read_data_record
-from nsrep.train.checkpoint import load_checkpoint
 from nsrep.train.runs import evaluate_path
 
 CLASSES, PER_CLASS, TEST_PER_CLASS = 3, 20, 7

@@ -17,10 +17,10 @@ import torch
 import nsrep
 from nsrep.cli import main
 from nsrep.export import export_onnx, export_torchscript, load_deployed, read_config
+from nsrep.storage.checkpoint import load_checkpoint, save_checkpoint
 from nsrep.storage.data_record import HeldOut
-from nsrep.train.checkpoint import load_checkpoint, save_checkpoint
+from nsrep.storage.folders import DeployFolder
 from nsrep.train.config import TrainConfig, apply_overrides, list_recipes, load_recipe, parse_override
-from nsrep.train.folders import DeployFolder
 from nsrep.train.runs import evaluate_path
 from nsrep.train.trainer import lr_factor, param_groups, train
 
@@ -249,7 +249,7 @@ def test_mixed_precision_on_cpu_trains_and_the_fold_is_checked_in_float32(tmp_pa
 
 _KILLED_WRITER = """
 import os, signal, sys, torch
-from nsrep.train.checkpoint import save_checkpoint
+from nsrep.storage.checkpoint import save_checkpoint
 real_save = torch.save
 
 def dying_save(obj, f, *args, **kwargs):

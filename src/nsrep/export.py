@@ -1,6 +1,6 @@
 """Deployed models on disk: safetensors weights plus the JSON that rebuilds them, and ONNX/TorchScript export.
 
-A deploy folder (:class:`nsrep.train.folders.DeployFolder`) holds ``model.safetensors`` (the folded, plain
+A deploy folder (:class:`nsrep.storage.folders.DeployFolder`) holds ``model.safetensors`` (the folded, plain
 network's weights), ``config.json`` (the versioned model record of a model or head, such that
 ``create_model(**read_config(folder), deploy=True)`` has exactly these weights) and ``preprocess.json`` (input
 size, channels, normalisation and class names: what a user needs to feed it).
@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from nsrep.fileio import atomic_write
-from nsrep.models.record import ModelRecord
 from nsrep.reparam import compare_outputs
 from nsrep.storage.data_record import DataRecord
-from nsrep.train.folders import DeployFolder
+from nsrep.storage.folders import DeployFolder
+from nsrep.storage.model_record import ModelRecord
 
 __all__ = [
     "CONFIG_FILE",

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from nsrep.export import _quiet, export_onnx
 from nsrep.fileio import atomic_write, write_json
-from nsrep.train.folders import DeployFolder, RunFolder
+from nsrep.storage.folders import DeployFolder, RunFolder
 from nsrep.validation import check_choice
 
 __all__ = [

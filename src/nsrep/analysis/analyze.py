@@ -38,8 +38,8 @@ from nsrep.nn.conv import RepConv2d
 from nsrep.nn.streams import aggregate
 from nsrep.reparam import reparameterize
 from nsrep.report import count_text
+from nsrep.storage.checkpoint import checkpoint_data_record, load_checkpoint
 from nsrep.storage.data_record import DataRecord
-from nsrep.train.checkpoint import checkpoint_data_record, load_checkpoint
 from nsrep.train.runs import eval_data, model_from_checkpoint
 
 __all__ = [

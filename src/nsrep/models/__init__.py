@@ -6,9 +6,9 @@ from typing import Any
 
 from nsrep.models.factory import LayerFactory
 from nsrep.models.mobilenet import MobileNetV1
-from nsrep.models.record import ModelRecord
 from nsrep.models.registry import _signature_options, create_model, list_models, model_options, register_model
 from nsrep.models.resnet import BasicBlock, Bottleneck, ResNet
+from nsrep.storage.model_record import ModelRecord
 
 __all__ = ["LayerFactory", "MobileNetV1", "ModelRecord", "ResNet", "create_model", "list_models", "model_options"]
 

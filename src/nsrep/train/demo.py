@@ -23,8 +23,8 @@ import torch
 from nsrep.experiments.spec import ReportSpec, RunPlan, SweepSpec
 from nsrep.experiments.sweep import run_spec
 from nsrep.report import format_table
+from nsrep.storage.folders import RunFolder
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe
-from nsrep.train.folders import RunFolder
 from nsrep.train.plots import plot_learning_curves
 
 __all__ = ["DEMO_VARIANTS", "DemoRow", "demo_spec", "deployed_latencies_ms", "format_demo_table", "run_demo"]

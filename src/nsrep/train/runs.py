@@ -19,10 +19,10 @@ from nsrep.data.datasets import ImageData, load_data
 from nsrep.inspection import count_parameters
 from nsrep.nn.conv import reference_copy
 from nsrep.reparam import Equivalence, reparameterize, verify_equivalence
+from nsrep.storage.checkpoint import checkpoint_data_record, checkpoint_record, load_checkpoint
 from nsrep.storage.data_record import DataRecord
+from nsrep.storage.folders import DeployFolder
 from nsrep.train import distributed
-from nsrep.train.checkpoint import checkpoint_data_record, checkpoint_record, load_checkpoint
-from nsrep.train.folders import DeployFolder
 from nsrep.train.trainer import EvalResult, evaluate
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The training loop: one run of a :class:`TrainConfig`, resumable, data-parallel, ending in a deployed model.
 
-The run folder (:class:`nsrep.train.folders.RunFolder`) names and writes the files: the configuration, a
+The run folder (:class:`nsrep.storage.folders.RunFolder`) names and writes the files: the configuration, a
 checkpoint rewritten atomically after every epoch, the per-epoch metrics, the summary (final accuracies of
 the training and deployed forms) and the deploy folder.
 """
@@ -31,13 +31,13 @@ from nsrep.data.augment import BatchTransform, build_transform
 from nsrep.data.datasets import ImageData, describe, load_data
 from nsrep.inspection import count_parameters
 from nsrep.models import create_model
-from nsrep.models.record import ModelRecord
 from nsrep.nn.conv import reference_copy
 from nsrep.reparam import reparameterize, unwrap_model, verify_equivalence
 from nsrep.storage.data_record import DataRecord, HeldOut
+from nsrep.storage.folders import RunFolder
+from nsrep.storage.model_record import ModelRecord
 from nsrep.train import distributed
 from nsrep.train.config import TrainConfig
-from nsrep.train.folders import RunFolder
 from nsrep.train.regularize import equivalent_kernel_l2, unit_parameter_ids
 
 __all__ = [

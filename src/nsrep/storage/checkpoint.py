@@ -1,5 +1,5 @@
 """Training checkpoints: written atomically (:func:`nsrep.fileio.atomic_write`), carrying a format version,
-the training configuration and the model record (:class:`nsrep.models.record.ModelRecord`) that rebuilds
+the training configuration and the model record (:class:`nsrep.storage.model_record.ModelRecord`) that rebuilds
 their model.
 
 Format 2 stores the record as ``model_record`` (its versioned dict). Format 1, written before records were
@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from nsrep.fileio import atomic_write
-from nsrep.models.record import ModelRecord
 from nsrep.storage.data_record import DataRecord, read_data_record
+from nsrep.storage.model_record import ModelRecord
 
 __all__ = [
     "FORMAT_VERSION",
@@ -30,7 +30,7 @@ __all__ = [
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
-CHECKPOINT_FILE = "checkpoint.pt"  # the name inside a run folder (nsrep.train.folders.RunFolder)
+CHECKPOINT_FILE = "checkpoint.pt"  # the name inside a run folder (nsrep.storage.folders.RunFolder)
 REQUIRED_KEYS = {
     1: ("format_version", "config", "model_config", "epoch", "model"),
     2: ("format_version", "config", "model_record", "epoch", "model"),

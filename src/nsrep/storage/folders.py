@@ -12,7 +12,7 @@ and ``deploy/`` (a deploy folder). Its state is one of
 - ``foreign``: anything else, e.g. a non-empty folder that is not an nsrep run. nsrep never writes into it.
 
 A **deploy folder** (:class:`DeployFolder`) holds ``model.safetensors`` (the folded, plain network's weights),
-``config.json`` (its versioned :class:`~nsrep.models.record.ModelRecord`, a model or a head) and
+``config.json`` (its versioned :class:`~nsrep.storage.model_record.ModelRecord`, a model or a head) and
 ``preprocess.json`` (input size, channels, normalisation and class names); ONNX and TorchScript exports are
 written beside them.
 """
@@ -29,10 +29,10 @@ import yaml
 from torch import nn
 
 from nsrep.fileio import atomic_write, atomic_write_all, is_temporary_of, json_bytes, write_json
-from nsrep.models.record import ModelRecord
 from nsrep.reparam import unwrap_model
+from nsrep.storage.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from nsrep.storage.data_record import DataRecord, read_data_record
-from nsrep.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from nsrep.storage.model_record import ModelRecord
 
 __all__ = ["RUN_STATES", "DeployFolder", "RunConfig", "RunFolder", "config_conflicts"]
 
