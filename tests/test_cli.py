@@ -217,7 +217,11 @@ def parse(argv: list[str]) -> dict:
         ("info", "nsrep.info:model_info", ("input_size", "stem", "num_classes", "width_mult", "stem_unit")),
         ("eval", "nsrep.train.runs:evaluate_path", ("data", "batch_size", "device")),
         ("analyze", "nsrep.analysis:analyze", ("data", "unit", "max_images", "batch_size")),
-        ("quantize", "nsrep.quantize:quantize_deployed", ("calib", "method", "keep_float", "eval_images", "threads")),
+        (
+            "quantize",
+            "nsrep.deploy.quantize:quantize_deployed",
+            ("calib", "method", "keep_float", "eval_images", "threads"),
+        ),
         ("features", "nsrep.probe:extract_features", ("batch_size",)),
         ("probe", "nsrep.probe:run_probe", ("seeds", "device")),
     ],

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import nsrep
-from nsrep.export import load_deployed, read_record, save_deployed
+from nsrep.deploy.export import load_deployed, read_record, save_deployed
 from nsrep.storage.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from nsrep.storage.folders import DeployFolder, RunFolder
 from nsrep.storage.model_record import ModelRecord

@@ -16,7 +16,7 @@ import torch
 
 import nsrep
 from nsrep.cli import main
-from nsrep.export import export_onnx, export_torchscript, load_deployed, read_config
+from nsrep.deploy.export import export_onnx, export_torchscript, load_deployed, read_config
 from nsrep.storage.checkpoint import load_checkpoint, save_checkpoint
 from nsrep.storage.data_record import HeldOut
 from nsrep.storage.folders import DeployFolder

@@ -1,7 +1,7 @@
 """INT8 post-training quantization of a deployed (folded) network with ONNX Runtime, and its report.
 
 The deployed network is plain (conv with bias, ReLU, add), so a general-purpose engine quantizes it: the
-folder is exported to ONNX (:func:`nsrep.export.export_onnx`, checked against PyTorch), then ONNX Runtime's
+folder is exported to ONNX (:func:`nsrep.deploy.export.export_onnx`, checked against PyTorch), then ONNX Runtime's
 static quantization writes a QDQ model with per-channel int8 weights and uint8 activations calibrated on N
 training images with the run's eval transform (MinMax, entropy or percentile ranges). ORT rather than
 PyTorch's PT2E flow: in torch 2.13 PT2E and its x86 quantizer live in ``torchao``, which nsrep does not
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nsrep.export import _quiet, export_onnx
+from nsrep.deploy.export import _quiet, export_onnx
 from nsrep.fileio import atomic_write, write_json
 from nsrep.storage.folders import DeployFolder, RunFolder
 from nsrep.validation import check_choice
