@@ -383,7 +383,7 @@ def test_two_process_gloo_ddp_trains_and_folds_the_same_weights_on_both_ranks(tm
 
 
 def test_demo_trains_prints_the_table_and_plots(tmp_path, capsys):
-    from nsrep.train import demo as demo_module
+    from nsrep.experiments import demo as demo_module
 
     rows = demo_module.run_demo(
         tmp_path, variants=(("plain", "block"), ("dbb", "ns")), overrides={"epochs": 1, "width_mult": 0.125}
@@ -402,7 +402,7 @@ def test_demo_trains_prints_the_table_and_plots(tmp_path, capsys):
 
 
 def test_demo_is_a_sweep_spec_and_resumes_an_interrupted_variant(tmp_path, capsys):
-    from nsrep.train.demo import demo_spec, run_demo
+    from nsrep.experiments.demo import demo_spec, run_demo
     from nsrep.train.trainer import read_metrics
 
     overrides = {"epochs": 2, "width_mult": 0.125, "progress": False}
