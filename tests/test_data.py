@@ -521,7 +521,7 @@ def test_train_subset_is_stratified_and_leaves_the_test_split_alone(tmp_path):
 
 
 def test_small_images_are_decoded_once_into_a_cache_equal_to_decoding(tmp_path):
-    from nsrep.data.datasets import CachedImageFolder, ImageFolderDataset
+    from nsrep.data.items import CachedImageFolder, ImageFolderDataset
     from nsrep.data.imagecache import CACHE_DIR
 
     root = write_class_folders(tmp_path / "train", per_class=6)
@@ -558,7 +558,7 @@ def test_cache_that_cannot_be_written_stays_in_memory(tmp_path, capsys, monkeypa
     import errno
 
     from nsrep.data import imagecache
-    from nsrep.data.datasets import CachedImageFolder
+    from nsrep.data.items import CachedImageFolder
 
     def read_only(path, write):
         raise OSError(errno.EROFS, "Read-only file system", str(path))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nsrep.data.datasets import CachedImageFolder, ImageFolderDataset
+from nsrep.data.items import CachedImageFolder, ImageFolderDataset
 from nsrep.fileio import atomic_write
 
 __all__ = ["CACHE_DIR", "CACHE_FORMAT", "cache_key", "cached_folder"]
