@@ -8,9 +8,8 @@ from nsrep.models.factory import LayerFactory
 from nsrep.models.mobilenet import MobileNetV1
 from nsrep.models.registry import _signature_options, create_model, list_models, model_options, register_model
 from nsrep.models.resnet import BasicBlock, Bottleneck, ResNet
-from nsrep.storage.model_record import ModelRecord
 
-__all__ = ["LayerFactory", "MobileNetV1", "ModelRecord", "ResNet", "create_model", "list_models", "model_options"]
+__all__ = ["LayerFactory", "MobileNetV1", "ResNet", "create_model", "list_models", "model_options"]
 
 _RESNET_OPTIONS = tuple(o for o in _signature_options(ResNet) if o not in ("groups", "width_per_group"))
 _RESNEXT_OPTIONS = _signature_options(ResNet)
