@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from nsrep.nn import connectivity as conn
 from nsrep.nn.branches import Branch
-from nsrep.nn.families import QA_FAMILIES, build_branches
+from nsrep.nn.families import build_branches, norm_placement
 from nsrep.nn.fused import can_fuse, fused_pair_outputs, interleave_groups, split_groups
 from nsrep.nn.geometry import ConvGeometry
 from nsrep.nn.unit import DEFAULT_MAX_STREAMS, RepUnit, UnitConfig, unit_config
@@ -67,6 +67,8 @@ class RepConv2d(RepUnit):
     streams: block 1, naive ``S_in*K``, ns ``K``.
     """
 
+    NORM = "branches"  # where the families this class builds keep their BNs (nsrep.nn.families.norm_placement)
+
     def __init__(
         self,
         in_channels: int,
@@ -85,7 +87,7 @@ class RepConv2d(RepUnit):
         if unit is None:
             unit_options.setdefault("family", DEFAULT_UNIT_FAMILY)
         config = unit_config(unit, **unit_options)
-        if config.family in QA_FAMILIES and not hasattr(self, "post_affine"):  # their BN after the sum lives there
+        if norm_placement(config.family) != self.NORM:  # a QA family's BN after the sum lives in QARepConv2d
             raise ValueError(f"family {config.family!r} units are nsrep.nn.qa.QARepConv2d, not RepConv2d")
         geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if branches is None:

@@ -151,12 +151,17 @@ class RepUnit(Foldable):
         return next(self.parameters()).dtype
 
     @torch.no_grad()
-    def fold_affine(self) -> tuple[Tensor, Tensor]:
-        """Eval-mode ``(weight, bias)`` of the aggregate: ``sum_k W_k`` and ``bias_multiplier * sum_k b_k``,
-        computed in float64 and rounded once to the unit's dtype."""
+    def fold_affine64(self) -> tuple[Tensor, Tensor]:
+        """Eval-mode ``(weight, bias)`` of the aggregate in float64: ``sum_k W_k`` and ``bias_multiplier *
+        sum_k b_k`` (a unit with more after the sum, e.g. a QA unit's BN, extends this)."""
         folds = self.branch_folds()
         weight = torch.stack([f[0] for f in folds]).sum(0)
         bias = torch.stack([f[1] for f in folds]).sum(0) * self.bias_multiplier
+        return weight, bias
+
+    def fold_affine(self) -> tuple[Tensor, Tensor]:
+        """:meth:`fold_affine64` rounded once to the unit's dtype."""
+        weight, bias = self.fold_affine64()
         return weight.to(self._dtype()), bias.to(self._dtype())
 
     def fold(self) -> nn.Module:
