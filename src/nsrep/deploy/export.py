@@ -101,7 +101,7 @@ def export_onnx(
     example = _example_input(model_dir, batch_size)
     out = Path(path) if path is not None else model_dir / ONNX_FILE
 
-    with _quiet():  # the exporter prints its progress and warns about optional torchvision ops
+    with quiet_exporters():  # the exporter prints its progress and warns about optional torchvision ops
         program = torch.onnx.export(
             model,
             (example,),
@@ -128,7 +128,7 @@ def export_torchscript(model_dir: str | os.PathLike, path: str | os.PathLike | N
     model = load_deployed(model_dir)
     example = _example_input(model_dir, 2)
     out = Path(path) if path is not None else model_dir / TORCHSCRIPT_FILE
-    with _quiet():  # TorchScript is deprecated upstream but still what many deployment stacks load
+    with quiet_exporters():  # TorchScript is deprecated upstream but still what many deployment stacks load
         traced = torch.jit.trace(model, example)
         atomic_write(out, lambda f: torch.jit.save(traced, f))
         loaded = torch.jit.load(str(out))
@@ -140,7 +140,7 @@ def export_torchscript(model_dir: str | os.PathLike, path: str | os.PathLike | N
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_exporters() -> Iterator[None]:
     """Silence stdout, warnings and torch's loggers while an exporter runs (errors still raise)."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]

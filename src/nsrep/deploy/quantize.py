@@ -20,9 +20,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,9 +31,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nsrep.deploy.export import _quiet, export_onnx
-from nsrep.fileio import atomic_write, write_json
+from nsrep.deploy.export import export_onnx, quiet_exporters
+from nsrep.fileio import atomic_folder, atomic_write, write_json
+from nsrep.plotting import pyplot, save_png
+from nsrep.report import markdown_table
 from nsrep.storage.folders import DeployFolder, RunFolder
+from nsrep.train.runs import eval_data
 from nsrep.validation import check_choice
 
 __all__ = [
@@ -183,7 +184,7 @@ def _quantize(fp32: Path, out: Path, calib: Sequence[np.ndarray], method: str, e
     level = root.level
     root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger for every model
     try:
-        with _quiet():  # the calibrators print their histogram settings
+        with quiet_exporters():  # the calibrators print their histogram settings
             quantize_static(
                 str(fp32),
                 str(tmp),
@@ -315,8 +316,6 @@ def quantize_deployed(
     for name, value, low in (("--calib", calib, 1), ("--keep-float", keep_float, 0), ("--threads", threads, 1)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
-    from nsrep.train.runs import eval_data
-
     # calibration draws from the training images, so the run's split applies even to a folder handed in
     chosen = eval_data(
         DeployFolder(folder).read_data_record(), data, batch_size=256, run=str(folder), whole_folder=False
@@ -335,9 +334,7 @@ def quantize_deployed(
     eval_batches = _prepared(images.test, range(n_eval), transform, 250)
     debug_batches = _prepared(images.test, range(min(debug_images, n_eval)), transform, 32)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as work:  # a failed run leaves no partial ``out``
         fp32 = work / FP32_FILE
         export_onnx(folder, fp32)
         paths = {"fp32": fp32, "int8": work / INT8_FILE}
@@ -374,20 +371,12 @@ def quantize_deployed(
             threads=threads,
         )
         _write_report(report, work)
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     report.files = sorted(str(out / p.name) for p in out.iterdir())
     return report
 
 
 def format_report(report: QuantReport) -> str:
     """The report's tables as markdown: accuracy, the worst layers, latency."""
-    from nsrep.report import markdown_table
-
     lines = [
         f"{report.source}: {report.calibration} calibration on {report.calib_images} training images, "
         f"{report.eval_images} test images: {report.eval_split}",
@@ -448,8 +437,6 @@ def _jsonable(value: Any) -> Any:
 
 
 def _plot(report: QuantReport, path: Path) -> None:
-    from nsrep.plotting import pyplot, save_png
-
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     x = np.arange(len(report.layers))
