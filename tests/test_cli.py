@@ -61,10 +61,11 @@ def test_help_lists_commands(capsys):
     for command in ("info", "train", "eval", "deploy", "export", "demo", "sweep", "report", "analyze", "probe"):
         assert f"    {command}" in out
     assert "95% CIs" in out  # a literal percent sign in a command's summary
-    assert "info" in out
-    assert "demo" in out
     assert main(["info", "--help"]) == 0
     assert "--connectivity" in capsys.readouterr().out
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--resume" in out and "--set KEY=VALUE" in out and "cifar100" in out
 
 
 @pytest.mark.parametrize(

@@ -521,8 +521,8 @@ def test_train_subset_is_stratified_and_leaves_the_test_split_alone(tmp_path):
 
 
 def test_small_images_are_decoded_once_into_a_cache_equal_to_decoding(tmp_path):
-    from nsrep.data.items import CachedImageFolder, ImageFolderDataset
     from nsrep.data.imagecache import CACHE_DIR
+    from nsrep.data.items import CachedImageFolder, ImageFolderDataset
 
     root = write_class_folders(tmp_path / "train", per_class=6)
     data = load_data(tmp_path, image_size=8, train_item_size=8, val_fraction=0.5)

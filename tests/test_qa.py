@@ -44,7 +44,7 @@ def test_where_a_family_keeps_its_norm_picks_its_unit_class_and_its_stripped_bra
     unit = QARepConv2d(8, 8, 3, family="qadbb")
     # DBB's branches: conv+BN, 1x1+BN, 1x1+BN then avg+BN, 1x1+BN then kxk+BN; only the first keeps its final BN
     assert [type(b.final_bn) for b in unit.branches] == [torch.nn.BatchNorm2d] + [NoNorm] * (len(unit.branches) - 1)
-    with pytest.raises(ValueError, match="unknown family .qa.; valid: plain"):
+    with pytest.raises(ValueError, match=r"unknown family 'qa'; valid: plain"):
         norm_placement("qa")
 
 
