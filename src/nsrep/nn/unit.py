@@ -9,6 +9,7 @@ bias multiplier of the aggregate and ``fold()``. :class:`~nsrep.nn.conv.RepConv2
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -137,6 +138,24 @@ class RepUnit(Foldable):
         if not self.training or self.config.pair_drop <= 0:
             return None
         return conn.pair_drop_mask(shape, self.config.pair_drop, like)
+
+    def combine_pairs(self, pairs: Tensor, drop_mask: Callable[[], Tensor | None]) -> Tensor:
+        """The output streams of pairs laid out ``(S_in, B, K, *features)`` (pair ``k * S_in + s`` is branch k
+        on stream s), for every unit and implementation: block sums the branches (one stream), naive keeps every
+        pair (stream ``k * S_in + s``), ns sums the groups of a partition (fixed: group j is branch j). Outside
+        block, ``drop_mask()`` (broadcastable to ``pairs``; None when pair drop is off) is drawn first, then the
+        partition, so every implementation consumes the random stream alike."""
+        if self.connectivity == "block":
+            return pairs.sum(2)
+        mask = drop_mask()
+        if mask is not None:
+            pairs = pairs * mask
+        if self.connectivity == "naive":
+            return pairs.movedim(2, 0).flatten(0, 1)
+        partition = self._draw_partition(pairs.shape[0], pairs.device)
+        if partition is None:  # fixed grouping: output j = branch j over all streams
+            return pairs.sum(0).movedim(1, 0)
+        return conn.group_pairs_sbk(pairs, partition)
 
     # --- folding ----------------------------------------------------------------------------------------------
     def branch_folds(self) -> list[tuple[Tensor, Tensor]]:
