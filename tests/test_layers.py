@@ -145,20 +145,25 @@ def _top(module: str) -> str:
     return ".".join(module.split(".")[:2])
 
 
-def test_every_import_runs_down_the_layers():
-    assert upward_arrows(imports()) == []
+@pytest.fixture(scope="module")
+def src_imports() -> dict[str, set[tuple[str, str]]]:
+    return imports()
 
 
-def test_no_import_closes_a_cycle():
-    assert cycles(imports()) == []
+def test_every_import_runs_down_the_layers(src_imports):
+    assert upward_arrows(src_imports) == []
 
 
-def test_no_two_packages_import_each_other():
-    assert cycles(packages(imports())) == []
+def test_no_import_closes_a_cycle(src_imports):
+    assert cycles(src_imports) == []
 
 
-def test_no_package_imports_another_packages_private_names():
-    assert private_imports(imports()) == []
+def test_no_two_packages_import_each_other(src_imports):
+    assert cycles(packages(src_imports)) == []
+
+
+def test_no_package_imports_another_packages_private_names(src_imports):
+    assert private_imports(src_imports) == []
 
 
 def test_the_checks_see_an_upward_arrow_a_cycle_and_a_private_import(tmp_path):
