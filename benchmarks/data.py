@@ -26,9 +26,9 @@ from torch.utils.data._utils.collate import default_collate
 
 import nsrep
 from benchmarks.common import describe_machine, save_bar_chart, write_report
+from nsrep.data.augment import build_transform
+from nsrep.data.datasets import load_data
 from nsrep.report import markdown_table
-from nsrep.train.augment import build_transform
-from nsrep.train.data import load_data
 
 
 def _median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:

@@ -22,13 +22,13 @@ import torch
 from tqdm import tqdm
 
 import nsrep
-from nsrep.dense import Segmenter, confusion_matrix, make_mosaics, mean_iou, predict, train_segmenter
+from nsrep.data.datasets import ImageData, ImageFolderDataset, load_data
+from nsrep.data.imagecache import cached_folder
 from nsrep.fileio import write_json
 from nsrep.inspection import count_parameters
 from nsrep.plotting import pyplot, save_png
 from nsrep.report import format_table as markdown
-from nsrep.train.data import ImageData, ImageFolderDataset, load_data
-from nsrep.train.imagecache import cached_folder
+from nsrep.tasks.dense import Segmenter, confusion_matrix, make_mosaics, mean_iou, predict, train_segmenter
 from nsrep.train.trainer import pinned_threads
 
 # name -> (family, connectivity)

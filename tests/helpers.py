@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -10,9 +12,36 @@ from torch import nn
 
 import nsrep
 from nsrep.nn.conv import reference_copy
+from nsrep.train.config import TrainConfig
 
 F64_TOL = 1e-10
 F32_TOL = 1e-4
+
+# A training run that takes seconds: a width-1/8 ResNet-18 on the synthetic data.
+TINY = {
+    "data": "synthetic",
+    "arch": "resnet18",
+    "width_mult": 0.125,
+    "epochs": 2,
+    "batch_size": 32,
+    "eval_batch_size": 64,
+    "lr": 0.02,
+    "warmup_epochs": 0.5,
+    "workers": 0,
+    "progress": False,
+}
+
+
+def tiny_config(**changes) -> TrainConfig:
+    return TrainConfig.from_dict({**TINY, **changes})
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): file_digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def train_steps(

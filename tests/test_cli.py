@@ -61,10 +61,11 @@ def test_help_lists_commands(capsys):
     for command in ("info", "train", "eval", "deploy", "export", "demo", "sweep", "report", "analyze", "probe"):
         assert f"    {command}" in out
     assert "95% CIs" in out  # a literal percent sign in a command's summary
-    assert "info" in out
-    assert "demo" in out
     assert main(["info", "--help"]) == 0
     assert "--connectivity" in capsys.readouterr().out
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--resume" in out and "--set KEY=VALUE" in out and "cifar100" in out
 
 
 @pytest.mark.parametrize(
@@ -217,7 +218,11 @@ def parse(argv: list[str]) -> dict:
         ("info", "nsrep.info:model_info", ("input_size", "stem", "num_classes", "width_mult", "stem_unit")),
         ("eval", "nsrep.train.runs:evaluate_path", ("data", "batch_size", "device")),
         ("analyze", "nsrep.analysis:analyze", ("data", "unit", "max_images", "batch_size")),
-        ("quantize", "nsrep.quantize:quantize_deployed", ("calib", "method", "keep_float", "eval_images", "threads")),
+        (
+            "quantize",
+            "nsrep.deploy.quantize:quantize_deployed",
+            ("calib", "method", "keep_float", "eval_images", "threads"),
+        ),
         ("features", "nsrep.probe:extract_features", ("batch_size",)),
         ("probe", "nsrep.probe:run_probe", ("seeds", "device")),
     ],

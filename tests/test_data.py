@@ -1,4 +1,4 @@
-"""Data sets read from disk (nsrep.train.data) and batched augmentation (nsrep.train.augment)."""
+"""Data sets read from disk (nsrep.data.datasets) and batched augmentation (nsrep.data.augment)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from nsrep.train.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES, build_transform
-from nsrep.train.data import (
+from nsrep.data.augment import AUGMENTATIONS, AUTOAUGMENT_POLICIES, build_transform
+from nsrep.data.datasets import (
     CIFAR10_MD5,
     CIFAR100_MD5,
     DATA_SOURCES,
@@ -521,8 +521,8 @@ def test_train_subset_is_stratified_and_leaves_the_test_split_alone(tmp_path):
 
 
 def test_small_images_are_decoded_once_into_a_cache_equal_to_decoding(tmp_path):
-    from nsrep.train.data import CachedImageFolder, ImageFolderDataset
-    from nsrep.train.imagecache import CACHE_DIR
+    from nsrep.data.imagecache import CACHE_DIR
+    from nsrep.data.items import CachedImageFolder, ImageFolderDataset
 
     root = write_class_folders(tmp_path / "train", per_class=6)
     data = load_data(tmp_path, image_size=8, train_item_size=8, val_fraction=0.5)
@@ -557,8 +557,8 @@ def test_small_images_are_decoded_once_into_a_cache_equal_to_decoding(tmp_path):
 def test_cache_that_cannot_be_written_stays_in_memory(tmp_path, capsys, monkeypatch):
     import errno
 
-    from nsrep.train import imagecache
-    from nsrep.train.data import CachedImageFolder
+    from nsrep.data import imagecache
+    from nsrep.data.items import CachedImageFolder
 
     def read_only(path, write):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
@@ -571,7 +571,7 @@ def test_cache_that_cannot_be_written_stays_in_memory(tmp_path, capsys, monkeypa
 
 
 def test_damaged_cache_file_is_rebuilt(tmp_path, capsys):
-    from nsrep.train.imagecache import CACHE_DIR
+    from nsrep.data.imagecache import CACHE_DIR
 
     write_class_folders(tmp_path / "train", per_class=4)
     first = load_data(tmp_path, image_size=8, val_fraction=0.25)

@@ -13,7 +13,7 @@ from scipy import stats
 
 from nsrep.cli import main
 from nsrep.experiments import build_report, load_spec, mean_std, paired_difference, parse_shard, run_sweep
-from nsrep.train.folders import RunFolder
+from nsrep.storage.folders import RunFolder
 from nsrep.train.trainer import train
 
 RECIPE = """

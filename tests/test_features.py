@@ -13,9 +13,9 @@ from torch import Tensor, nn
 
 import nsrep
 from helpers import F32_TOL, F64_TOL, assert_folds, train_steps
-from nsrep.dense import FPNNeck, Segmenter, confusion_matrix, make_mosaics, mean_iou
-from nsrep.export import load_deployed, read_config, save_deployed
+from nsrep.deploy.export import load_deployed, read_config, save_deployed
 from nsrep.reparam import compare_outputs
+from nsrep.tasks.dense import FPNNeck, Segmenter, confusion_matrix, make_mosaics, mean_iou
 
 WIDTH = {"resnext50_32x4d": 0.25}  # its grouped 3×3 needs 32 groups of at least one channel
 INPUT = {"cifar": 32, "imagenet": 64}

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import nsrep
-from nsrep.export import load_deployed, read_record, save_deployed
-from nsrep.models.record import ModelRecord
-from nsrep.train.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from nsrep.deploy.export import load_deployed, read_record, save_deployed
+from nsrep.storage.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from nsrep.storage.folders import DeployFolder, RunFolder
+from nsrep.storage.model_record import ModelRecord
 from nsrep.train.config import TrainConfig
-from nsrep.train.folders import DeployFolder, RunFolder
 from nsrep.train.runs import evaluate_path, model_from_checkpoint
 
 TINY = {"data": "synthetic", "arch": "resnet18", "width_mult": 0.125, "workers": 0, "progress": False}

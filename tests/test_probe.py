@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from nsrep.cli import main
+from nsrep.data.augment import build_transform
+from nsrep.data.datasets import load_data
 from nsrep.probe import (
     REQUIRED_KEYS,
     FeatureSet,
@@ -27,8 +29,6 @@ from nsrep.probe import (
     train_head,
     write_probe_outputs,
 )
-from nsrep.train.augment import build_transform
-from nsrep.train.data import load_data
 
 
 def blobs(num_classes=3, dim=8, train=40, test=20, seed=0):

@@ -8,7 +8,8 @@ import torch
 import nsrep
 from helpers import assert_folds, classification_loss, train_steps
 from nsrep.nn.conv import RepConv2d
-from nsrep.nn.qa import NoNorm, QARepConv2d
+from nsrep.nn.families import norm_placement
+from nsrep.nn.qa import NoNorm, QARepConv2d, conv_unit_class
 from nsrep.train.regularize import equivalent_kernel_l2, equivalent_kernels
 
 
@@ -35,3 +36,24 @@ def test_qa_family_needs_the_qa_unit():
         RepConv2d(8, 8, 3, family="qadbb")
     with pytest.raises(ValueError, match=r"QA family"):
         QARepConv2d(8, 8, 3, family="dbb")
+
+
+def test_where_a_family_keeps_its_norm_picks_its_unit_class_and_its_stripped_branches():
+    assert [conv_unit_class(f) for f in ("dbb", "repvgg", "qadbb", "qarepvgg")] == [RepConv2d] * 2 + [QARepConv2d] * 2
+    assert norm_placement("qadbb") == "sum" and norm_placement("dbb") == "branches"
+    unit = QARepConv2d(8, 8, 3, family="qadbb")
+    # DBB's branches: conv+BN, 1x1+BN, 1x1+BN then avg+BN, 1x1+BN then kxk+BN; only the first keeps its final BN
+    assert [type(b.final_bn) for b in unit.branches] == [torch.nn.BatchNorm2d] + [NoNorm] * (len(unit.branches) - 1)
+    with pytest.raises(ValueError, match=r"unknown family 'qa'; valid: plain"):
+        norm_placement("qa")
+
+
+def test_qa_fold_rounds_once_to_the_unit_dtype():
+    torch.manual_seed(0)
+    unit = QARepConv2d(8, 8, 3, family="qadbb")
+    train_steps(unit, lambda: torch.randn(4, 8, 6, 6), steps=2, calibrate=0)
+    unit.eval()
+    kernel64, bias64 = unit.fold_affine64()  # the exact fold, post-sum BN included, in float64
+    kernel, bias = unit.fold_affine()
+    assert kernel64.dtype == torch.float64 and kernel.dtype == torch.float32
+    assert torch.equal(kernel, kernel64.float()) and torch.equal(bias, bias64.float())

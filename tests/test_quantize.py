@@ -12,8 +12,8 @@ import torch
 
 import nsrep
 from nsrep.cli import main
-from nsrep.export import load_deployed, save_deployed
-from nsrep.quantize import INT8_FILE, quantize_deployed
+from nsrep.deploy.export import load_deployed, save_deployed
+from nsrep.deploy.quantize import INT8_FILE, quantize_deployed
 from nsrep.train.config import TrainConfig
 from nsrep.train.trainer import train
 

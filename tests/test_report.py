@@ -73,13 +73,16 @@ def test_ratio():
 
 
 def test_forms_table():
-    result = SimpleNamespace(top1=91.256, top5=99.5, loss=0.123456)
+    result = SimpleNamespace(top1=91.256, top5=99.5, loss=0.123456, count=10000)
     assert forms_table([("training", result, 1234567), ("deployed", result, 89)]).splitlines() == [
-        "| form     | top-1 (%) | top-5 (%) | loss   | params    |",
-        "|----------|-----------|-----------|--------|-----------|",
-        "| training | 91.26     | 99.50     | 0.1235 | 1,234,567 |",
-        "| deployed | 91.26     | 99.50     | 0.1235 | 89        |",
+        "| form     | images | top-1 (%) | top-5 (%) | loss   | params    |",
+        "|----------|--------|-----------|-----------|--------|-----------|",
+        "| training | 10,000 | 91.26     | 99.50     | 0.1235 | 1,234,567 |",
+        "| deployed | 10,000 | 91.26     | 99.50     | 0.1235 | 89        |",
     ]
+    assert forms_table([("deployed", result, 89)], split="the test split of X").splitlines()[0] == (
+        "scored on the test split of X"
+    )
     assert forms_table([("deployed", result, 89)], 1.5e-7).splitlines()[-1] == (
         "max relative logit difference (deployed vs training form): 1.50e-07"
     )

@@ -2,50 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import nsrep
+from helpers import TINY, folder_digests, tiny_config
 from nsrep.cli import main
-from nsrep.export import export_onnx, export_torchscript, load_deployed, read_config
-from nsrep.train.checkpoint import load_checkpoint, save_checkpoint
+from nsrep.deploy.export import export_onnx, export_torchscript, load_deployed, read_config
+from nsrep.storage.checkpoint import load_checkpoint
+from nsrep.storage.data_record import HeldOut
+from nsrep.storage.folders import DeployFolder
 from nsrep.train.config import TrainConfig, apply_overrides, list_recipes, load_recipe, parse_override
 from nsrep.train.runs import evaluate_path
 from nsrep.train.trainer import lr_factor, param_groups, train
-
-TINY = {
-    "data": "synthetic",
-    "arch": "resnet18",
-    "width_mult": 0.125,
-    "epochs": 2,
-    "batch_size": 32,
-    "eval_batch_size": 64,
-    "lr": 0.02,
-    "warmup_epochs": 0.5,
-    "workers": 0,
-    "progress": False,
-}
-
-
-def tiny_config(**changes) -> TrainConfig:
-    return TrainConfig.from_dict({**TINY, **changes})
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def folder_digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): file_digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -243,66 +217,6 @@ def test_mixed_precision_on_cpu_trains_and_the_fold_is_checked_in_float32(tmp_pa
     assert result.fold_check < 1e-4 and result.max_rel_logit_diff < 1e-4
 
 
-# ----------------------------------------------------------------------------------------------- atomic writes
-
-_KILLED_WRITER = """
-import os, signal, sys, torch
-from nsrep.train.checkpoint import save_checkpoint
-real_save = torch.save
-
-def dying_save(obj, f, *args, **kwargs):
-    f.write(b"half a checkpoint")  # partial bytes reach the disk, then the process dies
-    f.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
-
-torch.save = dying_save
-save_checkpoint({"config": {}, "model_record": {}, "epoch": 2, "model": {"w": torch.ones(3)}}, sys.argv[1])
-"""
-
-
-def test_a_killed_write_never_leaves_a_truncated_checkpoint(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"config": {}, "model_record": {}, "epoch": 1, "model": {"w": torch.zeros(3)}}, path)
-    before = file_digest(path)
-    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)], capture_output=True)
-    assert proc.returncode == -9, proc.stderr.decode()
-    assert file_digest(path) == before
-    assert load_checkpoint(path)["epoch"] == 1
-    assert list(tmp_path.glob(".checkpoint.pt.tmp-*"))  # the killed write's temporary file
-    save_checkpoint({"config": {}, "model_record": {}, "epoch": 3, "model": {"w": torch.ones(3)}}, path)
-    assert not list(tmp_path.glob(".checkpoint.pt.tmp-*")) and load_checkpoint(path)["epoch"] == 3
-
-
-def test_atomic_writes_get_the_permissions_of_an_ordinary_file(tmp_path):
-    from nsrep.fileio import atomic_write
-
-    umask = os.umask(0o022)
-    try:
-        fresh = atomic_write(tmp_path / "new.txt", lambda f: f.write(b"x"))
-        assert fresh.stat().st_mode & 0o777 == 0o644
-        kept = tmp_path / "kept.txt"
-        kept.write_bytes(b"old")
-        kept.chmod(0o600)
-        atomic_write(kept, lambda f: f.write(b"new"))
-        assert kept.stat().st_mode & 0o777 == 0o600 and kept.read_bytes() == b"new"
-    finally:
-        os.umask(umask)
-
-
-class Unpicklable:
-    def __reduce__(self):
-        raise RuntimeError("cannot pickle this")
-
-
-def test_a_failed_write_keeps_the_old_file(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"config": {}, "model_record": {}, "epoch": 1, "model": {}}, path)
-    before = file_digest(path)
-    with pytest.raises(RuntimeError, match="cannot pickle this"):
-        save_checkpoint({"config": {}, "model_record": {}, "epoch": 2, "model": {}, "bad": Unpicklable()}, path)
-    assert file_digest(path) == before and not list(tmp_path.glob(".checkpoint.pt.tmp-*"))
-
-
 # ----------------------------------------------------------------------------------------------- bad input
 
 
@@ -344,93 +258,6 @@ def test_bad_input_gives_a_clear_error_and_overwrites_nothing(finished_run, tmp_
     assert folder_digests(finished_run) == before
 
 
-# ----------------------------------------------------------------------------------------------- distributed
-
-
-def test_two_process_gloo_ddp_trains_and_folds_the_same_weights_on_both_ranks(tmp_path):
-    run_dir = tmp_path / "ddp"
-    sets = [f"--set={k}={v}" for k, v in {**TINY, "batch_size": 32, "epochs": 1}.items()]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "nsrep.cli",
-        "train",
-        "--family=dbb",
-        "--connectivity=ns",
-        f"--out={run_dir}",
-        *sets,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    digests = summary["deployed_sha256_per_rank"]
-    assert summary["world_size"] == 2 and len(digests) == 2 and digests[0] == digests[1]
-    assert summary["max_rel_logit_diff"] < 1e-4
-    assert summary["train_form"]["count"] == 128  # the sharded evaluation saw every test image once
-    state = load_checkpoint(run_dir)
-    assert state["world_size"] == 2 and len(state["rng"]) == 2
-    assert state["rng"][0]["torch"] != state["rng"][1]["torch"]  # ranks draw different augmentations
-
-
-# ----------------------------------------------------------------------------------------------- demo
-
-
-def test_demo_trains_prints_the_table_and_plots(tmp_path, capsys):
-    from nsrep.train import demo as demo_module
-
-    rows = demo_module.run_demo(
-        tmp_path, variants=(("plain", "block"), ("dbb", "ns")), overrides={"epochs": 1, "width_mult": 0.125}
-    )
-    assert [(r.family, r.connectivity) for r in rows] == [("plain", "block"), ("dbb", "ns")]
-    assert all(r.fold_error < 1e-4 and r.latency_ms > 0 for r in rows)
-    assert rows[0].train_params < rows[1].train_params and rows[0].deploy_params == rows[1].deploy_params
-    png = tmp_path / "learning_curves.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = demo_module.format_demo_table(rows)
-    assert table.splitlines()[0].startswith("| family | connectivity | top-1 training form")
-    stamp = (tmp_path / "dbb-ns" / "checkpoint.pt").stat().st_mtime_ns
-    demo_module.run_demo(tmp_path, variants=(("dbb", "ns"),), overrides={"epochs": 1, "width_mult": 0.125})
-    assert (tmp_path / "dbb-ns" / "checkpoint.pt").stat().st_mtime_ns == stamp  # finished run reused
-    assert "reusing the finished run" in capsys.readouterr().out
-
-
-def test_demo_is_a_sweep_spec_and_resumes_an_interrupted_variant(tmp_path, capsys):
-    from nsrep.train.demo import demo_spec, run_demo
-    from nsrep.train.trainer import read_metrics
-
-    overrides = {"epochs": 2, "width_mult": 0.125, "progress": False}
-    spec = demo_spec((("plain", "block"), ("dbb", "ns")), overrides)
-    assert [p.name for p in spec.plans()] == ["plain-block", "dbb-ns"]
-    plan = spec.plans()[0]
-    assert (plan.config.family, plan.config.epochs, plan.config.data) == ("plain", 2, "digits")
-    train(plan.config, tmp_path / plan.name, stop_after=1)  # an interrupted demo run
-    (tmp_path / "dbb-ns").mkdir()
-    (tmp_path / "dbb-ns" / "mine.txt").write_text("not a run")
-    with pytest.raises(ValueError, match="not an nsrep run folder"):  # even with fresh: never deleted
-        run_demo(tmp_path, variants=(("dbb", "ns"),), overrides=overrides, fresh=True)
-    assert (tmp_path / "dbb-ns" / "mine.txt").read_text() == "not a run"
-    run_demo(tmp_path, variants=(("plain", "block"),), overrides=overrides)
-    assert "plain-block: resuming in" in capsys.readouterr().out
-    assert [m["epoch"] for m in read_metrics(tmp_path / "plain-block")] == [1, 2]
-    run_demo(tmp_path, variants=(("plain", "block"),), overrides=overrides)
-    assert "plain-block: reusing the finished run" in capsys.readouterr().out
-
-
-def test_cli_help_lists_the_training_commands(capsys):
-    assert main(["--help"]) == 0
-    out = capsys.readouterr().out
-    for command in ("train", "eval", "deploy", "export", "demo", "info"):
-        assert command in out
-    assert main(["train", "--help"]) == 0
-    out = capsys.readouterr().out
-    assert "--resume" in out and "--set KEY=VALUE" in out and "cifar100" in out
-
-
 # ------------------------------------------------------------------------------------ threads, held-out folders
 
 
@@ -465,15 +292,15 @@ def test_cifar10_cpu_recipe_on_a_folder_without_val(tmp_path, capsys):
     assert main([*argv, *[x for o in overrides for x in ("--set", o)]]) == 0
     config = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["config"]
     assert (config["val_fraction"], config["split_seed"], config["train_subset"]) == (0.25, 0, 30)
-    meta = json.loads((tmp_path / "run" / "deploy" / "preprocess.json").read_text())
-    assert (meta["val_fraction"], meta["split_seed"], meta["input_size"]) == (0.25, 0, 32)
+    meta = DeployFolder(tmp_path / "run" / "deploy").read_data_record()
+    assert (meta.split, meta.input_size) == (HeldOut(0.25, 0), 32)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["deployed_form"]["count"] == 15  # 25% of 60 images held out, 5 per class
     err = capsys.readouterr().err
     assert "30 train / 15 held-out validation" in err and "decoded once, cached" in err
     # nsrep eval finds the same held-out images again from what the run recorded
     evaluation = evaluate_path(tmp_path / "run" / "checkpoint.pt")  # the folder the run recorded
-    assert meta["source"] == str(tmp_path / "train") and evaluation.deployed_form.count == 15
+    assert meta.source == str(tmp_path / "train") and evaluation.deployed_form.count == 15
     assert evaluation.deployed_form.top1 == summary["deployed_form"]["top1"]
 
 

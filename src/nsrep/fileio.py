@@ -6,14 +6,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_all", "is_temporary_of", "json_bytes", "write_json"]
+__all__ = ["atomic_folder", "atomic_write", "atomic_write_all", "is_temporary_of", "json_bytes", "write_json"]
 
 _TMP_MARK = ".tmp-"
 
@@ -49,6 +51,26 @@ def atomic_write_all(files: Mapping[str | os.PathLike, bytes]) -> list[Path]:
     for folder in {path.parent for _, path in written}:
         _fsync_dir(folder)
     return [path for _, path in written]
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill, renamed to ``path`` when the block ends without error and
+    removed when it raises: ``path`` appears complete or not at all. ``path`` must be missing or empty."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"{str(path)!r} exists and is not empty; nothing was written (choose a new folder)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent))
+    try:
+        yield work
+        if path.exists():
+            path.rmdir()  # empty, checked above
+        os.replace(work, path)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> str:

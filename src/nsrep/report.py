@@ -55,16 +55,24 @@ def ratio(numerator: float, denominator: float | None) -> str:
     return f"{numerator / denominator:.2f}x" if denominator else "-"
 
 
-def forms_table(rows: Sequence[tuple[str, Any, int]], max_rel_logit_diff: float | None = None) -> str:
-    """Accuracy of a network's forms: ``(form, result with top1/top5/loss, parameters)`` rows as markdown.
+def forms_table(
+    rows: Sequence[tuple[str, Any, int]], max_rel_logit_diff: float | None = None, *, split: str | None = None
+) -> str:
+    """Accuracy of a network's forms: ``(form, result with top1/top5/loss/count, parameters)`` rows as markdown.
 
-    With ``max_rel_logit_diff`` a line under the table says how far the deployed form's logits are from the
+    Every row states how many images it scored; ``split`` (which images those are) heads the table. With
+    ``max_rel_logit_diff`` a line under the table says how far the deployed form's logits are from the
     training form's.
     """
     table = format_table(
-        ("form", "top-1 (%)", "top-5 (%)", "loss", "params"),
-        [(form, f"{r.top1:.2f}", f"{r.top5:.2f}", f"{r.loss:.4f}", f"{params:,}") for form, r, params in rows],
+        ("form", "images", "top-1 (%)", "top-5 (%)", "loss", "params"),
+        [
+            (form, f"{r.count:,}", f"{r.top1:.2f}", f"{r.top5:.2f}", f"{r.loss:.4f}", f"{params:,}")
+            for form, r, params in rows
+        ],
     )
+    if split is not None:
+        table = f"scored on {split}\n{table}"
     if max_rel_logit_diff is None:
         return table
     return f"{table}\nmax relative logit difference (deployed vs training form): {max_rel_logit_diff:.2e}"

@@ -15,7 +15,7 @@ import itertools
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,9 @@ from nsrep.nn.conv import RepConv2d
 from nsrep.nn.streams import aggregate
 from nsrep.reparam import reparameterize
 from nsrep.report import count_text
-from nsrep.train.checkpoint import load_checkpoint
-from nsrep.train.runs import eval_split, model_from_checkpoint
+from nsrep.storage.checkpoint import checkpoint_data_record, load_checkpoint
+from nsrep.storage.data_record import DataRecord
+from nsrep.train.runs import eval_data, model_from_checkpoint
 
 __all__ = [
     "AnalysisReport",
@@ -62,7 +63,7 @@ class AnalyzedModel:
     model: nn.Module
     connectivity: str
     family: str
-    data_meta: dict[str, Any] = field(default_factory=dict)
+    data_record: DataRecord | None = None
 
     @property
     def num_branches(self) -> int:
@@ -86,7 +87,9 @@ def load_models(paths: Sequence[str | os.PathLike]) -> list[AnalyzedModel]:
         model = model_from_checkpoint(state)
         k = config.get("num_branches")
         label = f"{config['family']}-{config['connectivity']}" + (f"-K{k}" if k else "")
-        loaded.append(AnalyzedModel(label, model, config["connectivity"], config["family"], state.get("data", {})))
+        loaded.append(
+            AnalyzedModel(label, model, config["connectivity"], config["family"], checkpoint_data_record(state, path))
+        )
     labels = Counter(m.label for m in loaded)
     for m, path in zip(loaded, paths, strict=True):
         if labels[m.label] > 1:  # same variant twice (e.g. two seeds): tell them apart by their folder
@@ -299,14 +302,13 @@ def analyze(
     if max_images < 1 or batch_size < 1:
         raise ValueError(f"max_images and batch_size must be >= 1, got {max_images}, {batch_size}")
     models = load_models(checkpoints)
-    metas = {(m.data_meta.get("data"), m.data_meta.get("input_size")) for m in models}
-    source = data if data is not None else models[0].data_meta.get("data")
-    if source is None:
-        raise ValueError("the checkpoints do not record their data; pass --data")
-    if data is None and len(metas) > 1:
-        raise ValueError(f"the checkpoints were trained on different data ({sorted(map(str, metas))}); pass --data")
-    images, transform, loader = eval_split(source, models[0].data_meta, batch_size=batch_size, run=str(checkpoints[0]))
-    batches = _take_batches(loader, transform, max_images)
+    records = {m.data_record for m in models}
+    if data is None and len(records) > 1:
+        seen = sorted(str((r.source, r.input_size) if r is not None else None) for r in records)
+        raise ValueError(f"the checkpoints were trained on different data ({seen}); pass --data")
+    chosen = eval_data(models[0].data_record, data, batch_size=batch_size, run=str(checkpoints[0]))
+    images = chosen.images
+    batches = _take_batches(chosen.loader, chosen.transform, max_images)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []

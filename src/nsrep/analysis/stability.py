@@ -25,11 +25,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from nsrep.data.datasets import load_data
 from nsrep.fileio import atomic_write
 from nsrep.models import create_model
 from nsrep.nn.conv import RepConv2d
+from nsrep.plotting import pyplot, save_png
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe, parse_override
-from nsrep.train.data import load_data
 from nsrep.train.trainer import build_optimizer, lr_factor, pinned_threads, train_transform
 
 __all__ = ["StabilityTrace", "trace_stability"]
@@ -191,8 +192,6 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def _plot(traces: Sequence[StabilityTrace], stages: Sequence[str], path: Path) -> Path:
-    from nsrep.plotting import pyplot, save_png
-
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for t in traces:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from nsrep.cli.command import arg, command, field_arg
+from nsrep.experiments.demo import CURVES_FILE, format_demo_table, run_demo
 from nsrep.train.config import TrainConfig
-from nsrep.train.demo import CURVES_FILE, format_demo_table, run_demo
 
 
 @command(

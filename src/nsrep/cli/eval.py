@@ -11,7 +11,11 @@ from nsrep.train.runs import evaluate_path
 
 @command(
     arg("checkpoint", help="a run folder, its checkpoint.pt, or a deploy folder"),
-    arg("--data", help="data to evaluate on (default: the data the run was trained on)"),
+    arg(
+        "--data",
+        help="data to evaluate on (default: the run's own data and held-out split; a folder without val/ handed "
+        "in here is scored whole)",
+    ),
     arg("--batch-size"),
     arg("--device", help="auto, cpu or cuda"),
     name="eval",
@@ -22,4 +26,4 @@ def evaluate(checkpoint: str, **options: Any) -> None:
     report = evaluate_path(checkpoint, **options)
     forms = [] if report.train_form is None else [("training", report.train_form, report.train_params)]
     forms.append(("deployed", report.deployed_form, report.deploy_params))
-    print(forms_table(forms, report.max_rel_logit_diff))
+    print(forms_table(forms, report.max_rel_logit_diff, split=report.split))

@@ -12,7 +12,7 @@ from nsrep.cli.command import arg, command
 )
 def export(model_dir: str, *, onnx: bool = False, torchscript: bool = False) -> None:
     """Export a deploy folder to ONNX (checked with onnxruntime) and/or TorchScript."""
-    from nsrep.export import export_onnx, export_torchscript
+    from nsrep.deploy.export import export_onnx, export_torchscript
 
     if not (onnx or torchscript):
         raise ValueError("nothing to export: pass --onnx and/or --torchscript")

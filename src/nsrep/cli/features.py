@@ -44,7 +44,7 @@ def features(
     else:
         if encoder is None or data is None:
             raise ValueError("give --encoder and --data (or --sklearn NAME for a bundled data set)")
-        from nsrep.train.data import load_data
+        from nsrep.data.datasets import load_data
 
         dev = resolve_device(device)
         images = load_data(data, image_size=image_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nsrep.cli.command import arg, command
-from nsrep.quantize import format_report, quantize_deployed
+from nsrep.deploy.quantize import format_report, quantize_deployed
 
 
 @command(

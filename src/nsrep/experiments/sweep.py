@@ -1,7 +1,7 @@
 """Running a sweep: every planned run in its own folder, finished runs skipped, interrupted ones resumed.
 
 :func:`run_spec` is the one place that decides, from each run folder's state
-(:class:`nsrep.train.folders.RunFolder`), whether a run is reused, resumed or started; ``nsrep sweep`` and
+(:class:`nsrep.storage.folders.RunFolder`), whether a run is reused, resumed or started; ``nsrep sweep`` and
 the demo both run through it.
 
 A sweep folder holds ``spec.yaml`` (a copy of the spec it runs, so a second invocation cannot mix two
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from nsrep.experiments.spec import RunPlan, SweepSpec, load_spec, select_plans
 from nsrep.fileio import atomic_write
-from nsrep.train.folders import RunFolder
+from nsrep.storage.folders import RunFolder
 from nsrep.train.trainer import read_metrics, train
 
 __all__ = [

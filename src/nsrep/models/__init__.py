@@ -6,11 +6,10 @@ from typing import Any
 
 from nsrep.models.factory import LayerFactory
 from nsrep.models.mobilenet import MobileNetV1
-from nsrep.models.record import ModelRecord
 from nsrep.models.registry import _signature_options, create_model, list_models, model_options, register_model
 from nsrep.models.resnet import BasicBlock, Bottleneck, ResNet
 
-__all__ = ["LayerFactory", "MobileNetV1", "ModelRecord", "ResNet", "create_model", "list_models", "model_options"]
+__all__ = ["LayerFactory", "MobileNetV1", "ResNet", "create_model", "list_models", "model_options"]
 
 _RESNET_OPTIONS = tuple(o for o in _signature_options(ResNet) if o not in ("groups", "width_per_group"))
 _RESNEXT_OPTIONS = _signature_options(ResNet)

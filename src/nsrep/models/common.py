@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nsrep.models.factory import LayerFactory
 from nsrep.nn.streams import streams_out
+from nsrep.validation import check_choice
 
 __all__ = ["MEMORY_MODES", "ClassifierHead", "Stem", "check_memory", "init_weights", "run_blocks", "scale_channels"]
 
@@ -21,8 +22,6 @@ MEMORY_MODES = ("default", "checkpoint")
 
 
 def check_memory(memory: str) -> str:
-    from nsrep.validation import check_choice
-
     check_choice("memory mode", memory, MEMORY_MODES)
     return memory
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field, replace
 from torch import nn
 
 from nsrep.nn.activations import guided_activation, plain_activation
-from nsrep.nn.conv import RepConv2d, UnitConfig, make_deploy_conv
-from nsrep.nn.families import QA_FAMILIES
+from nsrep.nn.conv import UnitConfig, make_deploy_conv
 from nsrep.nn.geometry import ConvGeometry
 from nsrep.nn.guided import GuidedMaxPool2d
+from nsrep.nn.qa import conv_unit_class
 from nsrep.nn.streams import Add, StreamAdd, StreamEntry, StreamSum
 
 __all__ = ["LayerFactory"]
@@ -45,10 +45,7 @@ class LayerFactory:
         if self.deploy:
             geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
             return make_deploy_conv(geometry)
-        unit_class = RepConv2d
-        if self.unit.family in QA_FAMILIES:  # their BN after the sum needs the QA unit class
-            from nsrep.nn.qa import QARepConv2d as unit_class
-        return unit_class(
+        return conv_unit_class(self.unit.family)(
             in_channels,
             out_channels,
             kernel_size,

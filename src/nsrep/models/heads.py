@@ -35,6 +35,7 @@ from nsrep.nn.activations import ACTIVATION_NAMES, guided_activation, guided_fea
 from nsrep.nn.connectivity import CONNECTIVITIES
 from nsrep.nn.linear import DEFAULT_LINEAR_BRANCHES, RepLinear
 from nsrep.nn.streams import Add, StreamAdd, StreamEntry, StreamSum
+from nsrep.nn.unit import UnitConfig
 from nsrep.validation import check_choice
 
 __all__ = ["DEFAULT_EXPANSION", "HEADS", "MLP_HEADS", "REP_HEADS", "AdapterHead", "LinearHead", "create_head"]
@@ -44,11 +45,12 @@ MLP_HEADS: tuple[str, ...] = ("mlp", "ns-mlp", "block-mlp")  # take expansion an
 REP_HEADS: tuple[str, ...] = ("ns-mlp", "block-mlp")  # take the unit options (K, bn, connectivity, ...)
 DEFAULT_EXPANSION = 4  # the paper's "4x-scale MLP visual adapter"
 _REP_HEADS = {"ns-mlp": ("ns", "naive"), "block-mlp": ("block",)}  # accepted connectivities; the first: default
+# The head's own defaults (K of a linear unit, a BN per branch); the shared unit options' come from UnitConfig.
 _UNIT_DEFAULTS: dict[str, Any] = {
     "num_branches": DEFAULT_LINEAR_BRANCHES,
     "bn": True,
-    "stochastic": 1.0,
-    "pair_drop": 0.0,
+    "stochastic": UnitConfig.stochastic,
+    "pair_drop": UnitConfig.pair_drop,
 }
 
 

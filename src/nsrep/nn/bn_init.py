@@ -22,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from nsrep.nn.conv import RepConv2d
 from nsrep.validation import check_choice
 
 __all__ = ["BN_INITS", "DEFAULT_BN_INIT", "apply_bn_init", "pairs_in_aggregate"]
@@ -42,8 +43,6 @@ def apply_bn_init(model: nn.Module, scheme: str) -> nn.Module:
     Residual blocks name the child that ends their residual branch in ``residual_end``; a model without
     residual blocks (MobileNet) has no unit for the zero part to act on.
     """
-    from nsrep.nn.conv import RepConv2d
-
     check_choice("bn_init", scheme, BN_INITS)
     if scheme == "ones":
         return model

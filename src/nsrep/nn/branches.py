@@ -23,7 +23,32 @@ __all__ = [
     "ConvBNAvgBN",
     "ConvBNConvBN",
     "IdentityBN",
+    "NoNorm",
 ]
+
+
+class NoNorm(nn.Module):
+    """Stands in for a branch's removed final BN: identity, folding as scale 1, shift 0.
+
+    It carries BatchNorm's eval attributes (statistics 0 and 1, eps 0, no affine) so that ``Branch.affine`` reads
+    it unchanged; its eps, momentum and tracking differ from every real BN's, so the fused fast path (one BN
+    over all branches) is never taken for a unit holding one: such units run the per-branch path.
+    """
+
+    eps = 0.0
+    momentum = None
+    track_running_stats = False
+    weight = None
+    bias = None
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
 
 
 class Branch(nn.Module):
@@ -36,6 +61,7 @@ class Branch(nn.Module):
 
     geometry: ConvGeometry
     final_bn: nn.BatchNorm2d | None = None  # the BN the branch ends with; set only with pre_bn_affine
+    FINAL_NORM: str | None = None  # where that BN sits: the attribute holding it (None: no final BN)
     needs_moments: bool = False  # pre_bn_affine uses the unit input's batch moments in training
 
     def affine(self) -> tuple[Tensor, Tensor]:
@@ -49,6 +75,12 @@ class Branch(nn.Module):
         statistics they imply and update their running statistics); ``None`` means eval statistics.
         """
         raise NotImplementedError(f"{type(self).__name__} sets final_bn but does not implement pre_bn_affine()")
+
+    def drop_final_norm(self) -> None:
+        """Replace the final BN with :class:`NoNorm` (a QA family normalises the unit's sum instead)."""
+        if self.FINAL_NORM is None:
+            raise ValueError(f"{type(self).__name__} has no final BN to drop")
+        setattr(self, self.FINAL_NORM, NoNorm(getattr(self, self.FINAL_NORM).num_features))
 
     def native_conv(self) -> tuple[Tensor, tuple[int, int], tuple[int, int]] | None:
         """``(kernel, padding, crop)`` of the branch's own smaller conv, when it has one (a 1×1 or 1×k branch):
@@ -120,6 +152,8 @@ class ConvBN(Branch):
             x = x[..., ch : x.shape[-2] - ch, cw : x.shape[-1] - cw]
         return self.bn(self.conv(x))
 
+    FINAL_NORM = "bn"
+
     @property
     def final_bn(self) -> nn.BatchNorm2d:
         return self.bn
@@ -150,6 +184,8 @@ class IdentityBN(Branch):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(x)
+
+    FINAL_NORM = "bn"
 
     @property
     def final_bn(self) -> nn.BatchNorm2d:
@@ -196,6 +232,8 @@ class _OneByOneThen(Branch):
         return kernels.fuse_bn(self.kernel1(), self.bn1, type(self).__name__)
 
     needs_moments = True
+
+    FINAL_NORM = "bn2"
 
     @property
     def final_bn(self) -> nn.BatchNorm2d:

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsrep.nn import connectivity as conn
 from nsrep.nn.branches import Branch
-from nsrep.nn.families import QA_FAMILIES, build_branches
+from nsrep.nn.families import build_branches, norm_placement
 from nsrep.nn.fused import can_fuse, fused_pair_outputs, interleave_groups, split_groups
 from nsrep.nn.geometry import ConvGeometry
 from nsrep.nn.unit import DEFAULT_MAX_STREAMS, RepUnit, UnitConfig, unit_config
@@ -67,6 +66,8 @@ class RepConv2d(RepUnit):
     streams: block 1, naive ``S_in*K``, ns ``K``.
     """
 
+    NORM = "branches"  # where the families this class builds keep their BNs (nsrep.nn.families.norm_placement)
+
     def __init__(
         self,
         in_channels: int,
@@ -85,7 +86,7 @@ class RepConv2d(RepUnit):
         if unit is None:
             unit_options.setdefault("family", DEFAULT_UNIT_FAMILY)
         config = unit_config(unit, **unit_options)
-        if config.family in QA_FAMILIES and not hasattr(self, "post_affine"):  # their BN after the sum lives there
+        if norm_placement(config.family) != self.NORM:  # a QA family's BN after the sum lives in QARepConv2d
             raise ValueError(f"family {config.family!r} units are nsrep.nn.qa.QARepConv2d, not RepConv2d")
         geometry = ConvGeometry.make(in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         if branches is None:
@@ -126,20 +127,9 @@ class RepConv2d(RepUnit):
     def _forward_reference(self, x: Tensor) -> Tensor:
         s, b = x.shape[:2]
         flat = x.reshape(s * b, *x.shape[2:])  # free view for contiguous stream sets: (S*B, C, H, W)
-        if self.connectivity == "block":
-            return sum(branch(flat) for branch in self.branches).unsqueeze(0)
         outs = [branch(flat) for branch in self.branches]
-        pairs = torch.stack(outs).view(len(outs), s, b, *outs[0].shape[1:])
-        # pairs: (K, S_in, B, C_out, H', W'), pair index k * S_in + s
-        mask = self._drop_mask(s, b, pairs)
-        if mask is not None:
-            pairs = pairs * mask
-        if self.connectivity == "naive":
-            return pairs.flatten(0, 1)
-        partition = self._draw_partition(s, x.device)
-        if partition is None:  # fixed grouping: output j = branch j over all streams
-            return pairs.sum(1)
-        return conn.group_pairs(pairs, partition)
+        pairs = torch.stack(outs).view(len(outs), s, b, *outs[0].shape[1:])  # pair index k * S_in + s
+        return self.combine_pairs(pairs.permute(1, 2, 0, 3, 4, 5), lambda: self._drop_mask(s, b, pairs))
 
     # --- fast: pairs laid out as (S, B, K, C, H, W) straight from one merged conv ---------------------------
     def _forward_fast(self, x: Tensor) -> Tensor:
@@ -149,17 +139,7 @@ class RepConv2d(RepUnit):
         padded = self.implementation == "fast-padded"
         y = fused_pair_outputs(self.branches, self.geometry, flat, training=True, padded=padded)
         y = y.view(s, b, *y.shape[1:])  # (S, B, K, C, H, W)
-        if self.connectivity == "block":
-            return y.sum(2)
-        mask = self._drop_mask(s, b, y)
-        if mask is not None:
-            y = y * mask.permute(1, 2, 0, 3, 4, 5)
-        if self.connectivity == "naive":
-            return y.permute(2, 0, 1, 3, 4, 5).flatten(0, 1)
-        partition = self._draw_partition(s, x.device)
-        if partition is None:
-            return y.sum(0).transpose(0, 1)
-        return conn.group_pairs_sbk(y, partition)
+        return self.combine_pairs(y, lambda: self._drop_mask(s, b, y))
 
     def _has_running_stats(self) -> bool:
         return all(m.running_mean is not None for m in self.modules() if isinstance(m, nn.BatchNorm2d))
@@ -213,8 +193,10 @@ class RepConv2d(RepUnit):
         return z.view(s, b, *z.shape[1:]).permute(2, 0, 1, 3, 4, 5).flatten(0, 1)
 
     def _drop_mask(self, s: int, b: int, like: Tensor) -> Tensor | None:
-        """(K, S, B, 1, 1, 1) pair-drop mask in training, None when off; both implementations draw it alike."""
-        return self._pair_drop_mask((self.num_branches, s, b, 1, 1, 1), like)
+        """(S, B, K, 1, 1, 1) pair-drop mask in training, None when off; drawn as (K, S, B) by both
+        implementations, so a seed drops the same pairs in either."""
+        mask = self._pair_drop_mask((self.num_branches, s, b, 1, 1, 1), like)
+        return None if mask is None else mask.permute(1, 2, 0, 3, 4, 5)
 
     @torch.no_grad()
     def branch_folds(self) -> list[tuple[Tensor, Tensor]]:

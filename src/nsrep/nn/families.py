@@ -6,13 +6,22 @@ padding, dilation and groups; 1×1 units get the family's pointwise form (docume
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from nsrep.nn.branches import Branch, ConvBN, ConvBNAvgBN, ConvBNConvBN, IdentityBN
 from nsrep.nn.geometry import ConvGeometry
 from nsrep.validation import check_choice
 
-__all__ = ["ALL_FAMILIES", "DEFAULT_NUM_BRANCHES", "FAMILIES", "QA_FAMILIES", "build_branches", "resolve_num_branches"]
+__all__ = [
+    "ALL_FAMILIES",
+    "DEFAULT_NUM_BRANCHES",
+    "FAMILIES",
+    "QA_FAMILIES",
+    "build_branches",
+    "norm_placement",
+    "resolve_num_branches",
+    "strip_final_norms",
+]
 
 FamilyBuilder = Callable[[ConvGeometry, int], list[Branch]]
 
@@ -105,9 +114,21 @@ QA_FAMILIES = {"qarepvgg": "repvgg", "qadbb": "dbb"}
 ALL_FAMILIES: tuple[str, ...] = FAMILIES + tuple(QA_FAMILIES)
 
 
-def _qa_branches(family: str, g: ConvGeometry, k: int) -> list[Branch]:
-    from nsrep.nn.qa import strip_final_norms  # nsrep.nn.qa builds on units, which import this module
+def norm_placement(family: str) -> str:
+    """Where a family's normalisation sits: ``"branches"`` (each branch ends with its BN) or ``"sum"`` (a QA
+    family: only the first branch keeps its final BN and one BN follows the sum; nsrep.nn.qa.QARepConv2d)."""
+    check_choice("family", family, ALL_FAMILIES)
+    return "sum" if family in QA_FAMILIES else "branches"
 
+
+def strip_final_norms(branches: Sequence[Branch]) -> list[Branch]:
+    """The branches with every final BN but the first branch's (the k×k conv) replaced by NoNorm."""
+    for branch in branches[1:]:
+        branch.drop_final_norm()
+    return list(branches)
+
+
+def _qa_branches(family: str, g: ConvGeometry, k: int) -> list[Branch]:
     return strip_final_norms(FAMILY_BUILDERS[QA_FAMILIES[family]](g, k))
 
 

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsrep.nn import connectivity as conn
 from nsrep.nn import kernels
 from nsrep.nn.unit import RepUnit, UnitConfig, unit_config
 
@@ -107,18 +106,13 @@ class RepLinear(RepUnit):
         if self.bn is not None:
             z = self.bn(z)  # per-branch statistics over all S*N pair inputs
         pairs = z.view(s, n, k, d)  # pair (branch k, stream s) at [s, :, k]
-        if self.connectivity == "block":
-            return pairs.sum(2).view(1, *leading, d)
-        b = leading[0]
-        mask = self._pair_drop_mask((s, b, 1, k, 1), pairs)  # per (stream, sample, branch), shared over tokens
-        if mask is not None:
-            pairs = (pairs.view(s, b, n // b, k, d) * mask).view(s, n, k, d)
-        if self.connectivity == "naive":  # every pair its own stream, index k*S_in + s
-            return pairs.permute(2, 0, 1, 3).reshape(k * s, *leading, d)
-        partition = self._draw_partition(s, x.device)
-        if partition is None:  # fixed grouping: output j = branch j over all streams
-            return pairs.sum(0).transpose(0, 1).reshape(k, *leading, d)
-        return conn.group_pairs_sbk(pairs, partition).view(k, *leading, d)  # (K, N, D_out) -> (K, *leading, D_out)
+        return self.combine_pairs(pairs, lambda: self._drop_mask(s, leading[0], n, pairs)).reshape(-1, *leading, d)
+
+    def _drop_mask(self, s: int, b: int, n: int, like: Tensor) -> Tensor | None:
+        """(S, N, K, 1) pair-drop mask in training, None when off: one draw per (stream, sample, branch),
+        shared by a sample's tokens (N = B * tokens)."""
+        mask = self._pair_drop_mask((s, b, 1, self.num_branches, 1), like)
+        return None if mask is None else mask.expand(s, b, n // b, self.num_branches, 1).reshape(s, n, -1, 1)
 
     @torch.no_grad()
     def branch_folds(self) -> list[tuple[Tensor, Tensor]]:

@@ -10,55 +10,24 @@ the deployed conv is ``scale * sum_k W_k`` with bias ``scale * b + out_streams *
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from nsrep.nn import kernels
-from nsrep.nn.branches import Branch
+from nsrep.nn.branches import NoNorm
 from nsrep.nn.conv import RepConv2d
-from nsrep.nn.families import QA_FAMILIES
+from nsrep.nn.families import QA_FAMILIES, norm_placement, strip_final_norms
 from nsrep.nn.unit import UnitConfig, unit_config
 
-__all__ = ["QA_FAMILIES", "NoNorm", "QARepConv2d", "strip_final_norms"]
-
-
-class NoNorm(nn.Module):
-    """Stands in for a branch's removed final BN: identity, folding as scale 1, shift 0.
-
-    It carries BatchNorm's eval attributes (statistics 0 and 1, eps 0, no affine) so that ``Branch.affine`` reads
-    it unchanged; its eps, momentum and tracking differ from every real BN's, so the fused fast path (one BN
-    over all branches) is never taken for a unit holding one: such units run the per-branch path.
-    """
-
-    eps = 0.0
-    momentum = None
-    track_running_stats = False
-    weight = None
-    bias = None
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x
-
-
-def strip_final_norms(branches: Sequence[Branch]) -> list[Branch]:
-    """The branches with every final BN but the first branch's (the k×k conv) replaced by :class:`NoNorm`."""
-    for branch in branches[1:]:
-        name = "bn2" if hasattr(branch, "bn2") else "bn"
-        setattr(branch, name, NoNorm(getattr(branch, name).num_features))
-    return list(branches)
+__all__ = ["QA_FAMILIES", "NoNorm", "QARepConv2d", "conv_unit_class", "strip_final_norms"]
 
 
 class QARepConv2d(RepConv2d):
     """A unit of a QA family: the family's branches, one final BN left (the k×k's), and a BN after the sum."""
+
+    NORM = "sum"
 
     def __init__(self, *args: Any, unit: UnitConfig | None = None, **kwargs: Any) -> None:
         options = {name: kwargs.pop(name) for name in UnitConfig.field_names() if name in kwargs}
@@ -79,15 +48,18 @@ class QARepConv2d(RepConv2d):
         """Eval-mode (scale, shift) of the BN after the sum (differentiable: running statistics)."""
         return kernels.bn_eval_affine(self.post_bn, "post-sum BN")
 
-    def fold_affine(self) -> tuple[Tensor, Tensor]:
-        kernel, bias = super().fold_affine()
-        with torch.no_grad():
-            scale, shift = (t.double() for t in self.post_affine())
-            folded_kernel = kernel.double() * scale.reshape(-1, 1, 1, 1)
-            folded_bias = bias.double() * scale + self.out_streams * shift
-        return folded_kernel.to(kernel.dtype), folded_bias.to(kernel.dtype)
+    @torch.no_grad()
+    def fold_affine64(self) -> tuple[Tensor, Tensor]:
+        kernel, bias = super().fold_affine64()
+        scale, shift = (t.double() for t in self.post_affine())
+        return kernel * scale.reshape(-1, 1, 1, 1), bias * scale + self.out_streams * shift
 
     def equivalent_kernel(self) -> Tensor:
         """The folded kernel, differentiable w.r.t. the branches and the post-sum BN."""
         scale, _ = self.post_affine()
         return sum(branch.affine()[0] for branch in self.branches) * scale.reshape(-1, 1, 1, 1)
+
+
+def conv_unit_class(family: str) -> type[RepConv2d]:
+    """The conv unit class that builds ``family``: where the family's norm sits decides (nsrep.nn.families)."""
+    return QARepConv2d if norm_placement(family) == QARepConv2d.NORM else RepConv2d

@@ -9,6 +9,7 @@ bias multiplier of the aggregate and ``fold()``. :class:`~nsrep.nn.conv.RepConv2
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -138,6 +139,24 @@ class RepUnit(Foldable):
             return None
         return conn.pair_drop_mask(shape, self.config.pair_drop, like)
 
+    def combine_pairs(self, pairs: Tensor, drop_mask: Callable[[], Tensor | None]) -> Tensor:
+        """The output streams of pairs laid out ``(S_in, B, K, *features)`` (pair ``k * S_in + s`` is branch k
+        on stream s), for every unit and implementation: block sums the branches (one stream), naive keeps every
+        pair (stream ``k * S_in + s``), ns sums the groups of a partition (fixed: group j is branch j). Outside
+        block, ``drop_mask()`` (broadcastable to ``pairs``; None when pair drop is off) is drawn first, then the
+        partition, so every implementation consumes the random stream alike."""
+        if self.connectivity == "block":
+            return pairs.sum(2)
+        mask = drop_mask()
+        if mask is not None:
+            pairs = pairs * mask
+        if self.connectivity == "naive":
+            return pairs.movedim(2, 0).flatten(0, 1)
+        partition = self._draw_partition(pairs.shape[0], pairs.device)
+        if partition is None:  # fixed grouping: output j = branch j over all streams
+            return pairs.sum(0).movedim(1, 0)
+        return conn.group_pairs_sbk(pairs, partition)
+
     # --- folding ----------------------------------------------------------------------------------------------
     def branch_folds(self) -> list[tuple[Tensor, Tensor]]:
         """Each branch's eval-mode ``(weight, bias)`` in float64."""
@@ -151,12 +170,17 @@ class RepUnit(Foldable):
         return next(self.parameters()).dtype
 
     @torch.no_grad()
-    def fold_affine(self) -> tuple[Tensor, Tensor]:
-        """Eval-mode ``(weight, bias)`` of the aggregate: ``sum_k W_k`` and ``bias_multiplier * sum_k b_k``,
-        computed in float64 and rounded once to the unit's dtype."""
+    def fold_affine64(self) -> tuple[Tensor, Tensor]:
+        """Eval-mode ``(weight, bias)`` of the aggregate in float64: ``sum_k W_k`` and ``bias_multiplier *
+        sum_k b_k`` (a unit with more after the sum, e.g. a QA unit's BN, extends this)."""
         folds = self.branch_folds()
         weight = torch.stack([f[0] for f in folds]).sum(0)
         bias = torch.stack([f[1] for f in folds]).sum(0) * self.bias_multiplier
+        return weight, bias
+
+    def fold_affine(self) -> tuple[Tensor, Tensor]:
+        """:meth:`fold_affine64` rounded once to the unit's dtype."""
+        weight, bias = self.fold_affine64()
         return weight.to(self._dtype()), bias.to(self._dtype())
 
     def fold(self) -> nn.Module:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nsrep.data.augment import build_transform
 from nsrep.probe.features import FeatureSet, validate_features
 from nsrep.probe.training import resolve_device
 
@@ -118,13 +119,11 @@ def extract_features(
     progress: bool = True,
     workers: int = 0,
 ) -> FeatureSet:
-    """Features of ``data`` (an :class:`nsrep.train.data.ImageData`) under ``encoder``, train and test splits.
+    """Features of ``data`` (an :class:`nsrep.data.datasets.ImageData`) under ``encoder``, train and test splits.
 
     Images go through the data set's eval transform (centre crop, normalise), in batches with a progress bar;
     the encoder's outputs (B, ...) are flattened to float32 (B, D).
     """
-    from nsrep.train.augment import build_transform
-
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     device = resolve_device(device) if isinstance(device, str) else device

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from nsrep.data.datasets import stratified_split
 from nsrep.fileio import atomic_write
 from nsrep.probe.constants import REQUIRED_KEYS, SKLEARN_DATASETS
-from nsrep.train.data import stratified_split
 from nsrep.validation import check_choice
 
 

@@ -3,8 +3,8 @@
 ``nsrep.train.train(TrainConfig(...), run_dir)`` is what ``nsrep train`` runs.
 """
 
+from nsrep.data.datasets import ImageData, load_data
 from nsrep.train.config import TrainConfig, list_recipes, load_recipe
-from nsrep.train.data import ImageData, load_data
 from nsrep.train.trainer import EvalResult, TrainResult, evaluate, train
 
 __all__ = [

@@ -14,15 +14,15 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from nsrep.data.datasets import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from nsrep.models import list_models
 from nsrep.models.common import MEMORY_MODES, STEMS
 from nsrep.nn.bn_init import BN_INITS, DEFAULT_BN_INIT
 from nsrep.nn.unit import UnitConfig
-from nsrep.train.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from nsrep.train.distributed import DEVICES
 from nsrep.train.regularize import DECAY_MODES
 from nsrep.validation import check_choice
@@ -49,6 +49,8 @@ EXECUTION_FIELDS = frozenset({"workers", "threads", "log_every", "progress"})
 @dataclass
 class TrainConfig:
     """Everything one training run depends on; saved with every checkpoint so a run can be rebuilt."""
+
+    EXECUTION_FIELDS: ClassVar[frozenset[str]] = EXECUTION_FIELDS  # a run folder resumes despite these
 
     # model (nsrep.create_model keywords; num_classes and in_chans come from the data)
     arch: str = "resnet18"
@@ -172,7 +174,7 @@ class TrainConfig:
         }
 
     def data_kwargs(self) -> dict[str, Any]:
-        """The ``nsrep.train.data.load_data`` keywords of this run's data."""
+        """The ``nsrep.data.datasets.load_data`` keywords of this run's data."""
         pad_crop = self.augment == "pad-crop"  # train items at the input size, not at the resize side
         return {
             "image_size": self.image_size,

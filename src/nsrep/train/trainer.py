@@ -1,6 +1,6 @@
 """The training loop: one run of a :class:`TrainConfig`, resumable, data-parallel, ending in a deployed model.
 
-The run folder (:class:`nsrep.train.folders.RunFolder`) names and writes the files: the configuration, a
+The run folder (:class:`nsrep.storage.folders.RunFolder`) names and writes the files: the configuration, a
 checkpoint rewritten atomically after every epoch, the per-epoch metrics, the summary (final accuracies of
 the training and deployed forms) and the deploy folder.
 """
@@ -27,16 +27,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from nsrep.data.augment import BatchTransform, build_transform
+from nsrep.data.datasets import ImageData, describe, load_data
 from nsrep.inspection import count_parameters
 from nsrep.models import create_model
-from nsrep.models.record import ModelRecord
 from nsrep.nn.conv import reference_copy
 from nsrep.reparam import reparameterize, unwrap_model, verify_equivalence
+from nsrep.storage.data_record import DataRecord, HeldOut
+from nsrep.storage.folders import RunFolder
+from nsrep.storage.model_record import ModelRecord
 from nsrep.train import distributed
-from nsrep.train.augment import BatchTransform, build_transform
 from nsrep.train.config import TrainConfig
-from nsrep.train.data import ImageData, describe, load_data
-from nsrep.train.folders import RunFolder
 from nsrep.train.regularize import equivalent_kernel_l2, unit_parameter_ids
 
 __all__ = [
@@ -297,7 +298,7 @@ def _peak_memory_mib(device: torch.device) -> float:
 
 def stored_config(run_dir: str | Path) -> TrainConfig:
     """The configuration a run folder's checkpoint was trained with."""
-    return RunFolder(run_dir).stored_config()
+    return TrainConfig.from_dict(RunFolder(run_dir).stored_config(), source=f"checkpoint in {str(run_dir)!r}")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -647,7 +648,7 @@ def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
             {
                 "config": config.to_dict(),
                 "model_record": ModelRecord.of(model).to_dict(),
-                "data": _data_meta(run.data, config.data),
+                "data": _data_record(run.data, config.data).to_dict(),
                 "epoch": epoch + 1,
                 "model": model.state_dict(),
                 "optimizer": run.optimizer.state_dict(),
@@ -665,19 +666,20 @@ def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
                 run.writer.add_scalar(key, value, epoch + 1)
 
 
-def _data_meta(data: ImageData, source: str) -> dict[str, Any]:
-    """What a deployed model's user needs to feed it (saved as ``preprocess.json``), and where its data was."""
-    return {
-        "data": data.name,
-        "source": source,  # the --data the run read: a folder path, or "digits" / "synthetic"
-        "num_classes": data.num_classes,
-        "in_chans": data.in_chans,
-        "input_size": data.image_size,
-        "mean": list(data.mean),
-        "std": list(data.std),
-        "class_names": list(data.class_names),
-        **({"val_fraction": data.val_fraction, "split_seed": data.split_seed} if data.held_out else {}),
-    }
+def _data_record(data: ImageData, source: str) -> DataRecord:
+    """What the run read and what a deployed model's user needs to feed it (checkpoint and ``preprocess.json``)."""
+    split = HeldOut(data.val_fraction, data.split_seed) if data.held_out else None
+    return DataRecord(
+        source=source,  # the --data the run read: a folder path, or "digits" / "synthetic"
+        kind=data.name,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        input_size=data.image_size,
+        mean=data.mean,
+        std=data.std,
+        class_names=data.class_names,
+        split=split,
+    )
 
 
 def _finish(run: _Run, last_epoch: int) -> TrainResult:
@@ -708,7 +710,7 @@ def _finish(run: _Run, last_epoch: int) -> TrainResult:
     if len(set(result.deployed_digests)) != 1:
         raise RuntimeError(f"ranks folded different deployed weights: {result.deployed_digests}")
     if env.is_main and run.folder is not None:
-        run.folder.deploy.write(result.deployed, preprocess=_data_meta(run.data, config.data))
+        run.folder.deploy.write(result.deployed, data_record=_data_record(run.data, config.data))
         summary = {
             "train_form": asdict(train_form),
             "deployed_form": asdict(deployed_form),

@@ -1,5 +1,5 @@
 """Training checkpoints: written atomically (:func:`nsrep.fileio.atomic_write`), carrying a format version,
-the training configuration and the model record (:class:`nsrep.models.record.ModelRecord`) that rebuilds
+the training configuration and the model record (:class:`nsrep.storage.model_record.ModelRecord`) that rebuilds
 their model.
 
 Format 2 stores the record as ``model_record`` (its versioned dict). Format 1, written before records were
@@ -16,13 +16,21 @@ from typing import Any
 import torch
 
 from nsrep.fileio import atomic_write
-from nsrep.models.record import ModelRecord
+from nsrep.storage.data_record import DataRecord, read_data_record
+from nsrep.storage.model_record import ModelRecord
 
-__all__ = ["FORMAT_VERSION", "READABLE_FORMATS", "checkpoint_record", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT_VERSION",
+    "READABLE_FORMATS",
+    "checkpoint_data_record",
+    "checkpoint_record",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
-CHECKPOINT_FILE = "checkpoint.pt"  # the name inside a run folder (nsrep.train.folders.RunFolder)
+CHECKPOINT_FILE = "checkpoint.pt"  # the name inside a run folder (nsrep.storage.folders.RunFolder)
 REQUIRED_KEYS = {
     1: ("format_version", "config", "model_config", "epoch", "model"),
     2: ("format_version", "config", "model_record", "epoch", "model"),
@@ -64,3 +72,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def checkpoint_record(state: dict[str, Any], source: str = "the checkpoint") -> ModelRecord:
     """The model record of a loaded checkpoint (any readable format)."""
     return ModelRecord.from_dict(state["model_record"], source=source)
+
+
+def checkpoint_data_record(state: dict[str, Any], path: str | os.PathLike = "the checkpoint") -> DataRecord | None:
+    """The data record of a loaded checkpoint (any readable version; None when it was saved without one)."""
+    return read_data_record(state.get("data"), source=str(path))

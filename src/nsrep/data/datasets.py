@@ -2,10 +2,10 @@
 
 Every item is ``(image, label)``: ``image`` a uint8 tensor (C, H, W), ``label`` an int, so the default collate
 makes a uint8 batch (B, C, H, W) that the trainer converts to float and augments on the device
-(:mod:`nsrep.train.augment`). Small data sets live in memory as one uint8 tensor (indexing is a view: no decode,
+(:mod:`nsrep.data.augment`). Small data sets live in memory as one uint8 tensor (indexing is a view: no decode,
 no PIL); ImageNet-style folders are decoded with Pillow in ``__getitem__``, i.e. in the DataLoader workers,
 except folders of small images (items of at most ``SMALL_IMAGE_MAX`` pixels a side, CIFAR-style JPEGs), which are
-decoded once into a uint8 tensor (kept in memory and in a cache file beside the data, nsrep.train.imagecache)
+decoded once into a uint8 tensor (kept in memory and in a cache file beside the data, nsrep.data.imagecache)
 so no epoch after the first decodes a JPEG. A folder without ``val/`` gets a stratified, seeded validation
 split of its ``train/`` images (``val_fraction``, ``split_seed``).
 """
@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
+
+from nsrep.data.imagecache import cached_folder
+from nsrep.data.items import CachedImageFolder, ImageFolderDataset, TensorImageDataset
 
 __all__ = [
     "CIFAR10_MD5",
@@ -98,10 +100,12 @@ class ImageData:
     mean: tuple[float, ...]  # per-channel normalisation on the [0, 1] scale
     std: tuple[float, ...]
     class_names: tuple[str, ...]
-    augment: str  # default augmentation kind: "pad-crop" or "random-resized-crop" (nsrep.train.augment)
+    augment: str  # default augmentation kind: "pad-crop" or "random-resized-crop" (nsrep.data.augment)
     # set when the test split is a stratified share of the source's training images (a folder without val/)
     val_fraction: float | None = None
     split_seed: int | None = None
+    # set when a folder without val/ was opened for evaluation only: every image is in the test split
+    whole_folder: bool = False
 
     @property
     def held_out(self) -> bool:
@@ -133,112 +137,6 @@ class SyntheticSpec:
             raise ValueError(f"SyntheticSpec.seed must be non-negative, got {self.seed}")
 
 
-class TensorImageDataset(Dataset):
-    """Images held in memory as one uint8 tensor, so an item is a view: no decode, no copy until collate."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        assert images.dtype == torch.uint8 and images.dim() == 4, (images.dtype, images.shape)  # (N, C, H, W)
-        assert labels.shape == (images.shape[0],), (labels.shape, images.shape)
-        self.images = images
-        self.labels = labels.long()
-        self.item_size = images.shape[-1]  # side of every item
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
-
-    def targets(self) -> np.ndarray:
-        """Every item's label, in item order."""
-        return self.labels.numpy()
-
-    def select(self, indices: Sequence[int]) -> TensorImageDataset:
-        """The items at ``indices`` (in that order) as a new data set."""
-        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return TensorImageDataset(self.images[index], self.labels[index])
-
-
-class ImageFolderDataset(Dataset):
-    """Image files decoded by Pillow on access (in the DataLoader workers), so a large folder never sits in memory.
-
-    Every item is RGB with its shorter side resized to ``resize_size`` (bilinear, as torchvision's ``Resize``) and a
-    centred ``item_size`` square cut out of it, so items share one size and the default collate can batch them.
-    """
-
-    def __init__(
-        self, samples: Sequence[tuple[Path, int]], classes: Sequence[str], *, resize_size: int, item_size: int
-    ) -> None:
-        assert item_size <= resize_size, (item_size, resize_size)
-        self.samples = list(samples)
-        self.classes = tuple(classes)
-        self.resize_size = resize_size
-        self.item_size = item_size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        return torch.from_numpy(self.decode(path)).permute(2, 0, 1).contiguous(), label
-
-    def decode(self, path: Path) -> np.ndarray:
-        """One file as the (H, W, 3) uint8 item: RGB, shorter side resized, centre square cut."""
-        try:
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        except OSError as error:  # PIL.UnidentifiedImageError is an OSError
-            raise ValueError(f"cannot decode image {path}: {error}") from error
-        image = _center_crop(_resize_shorter_side(image, self.resize_size), self.item_size)
-        return np.array(image, dtype=np.uint8)
-
-    def targets(self) -> np.ndarray:
-        """Every item's label, in item order."""
-        return np.array([label for _, label in self.samples], dtype=np.int64)
-
-    def select(self, indices: Sequence[int]) -> ImageFolderDataset:
-        """The items at ``indices`` (in that order) as a new data set with the same sizes."""
-        samples = [self.samples[i] for i in indices]
-        return ImageFolderDataset(samples, self.classes, resize_size=self.resize_size, item_size=self.item_size)
-
-
-class CachedImageFolder(ImageFolderDataset):
-    """An image folder whose items were decoded once into one uint8 tensor (N, 3, S, S): indexing is a view.
-
-    Keeps the folder's ``samples`` and sizes, so it reads like the folder it caches.
-    """
-
-    def __init__(self, folder: ImageFolderDataset, images: torch.Tensor) -> None:
-        super().__init__(folder.samples, folder.classes, resize_size=folder.resize_size, item_size=folder.item_size)
-        expected = (len(folder), 3, folder.item_size, folder.item_size)
-        assert images.dtype == torch.uint8 and tuple(images.shape) == expected, (images.dtype, images.shape)
-        self.images = images
-        self.labels = torch.from_numpy(self.targets())
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
-
-    def select(self, indices: Sequence[int]) -> CachedImageFolder:
-        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        return CachedImageFolder(super().select(indices), self.images[index])
-
-
-def _resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is ``size`` (torchvision's ``Resize(int)`` rule for the longer side)."""
-    width, height = image.size
-    if min(width, height) == size:
-        return image
-    new_size = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
-    return image.resize(new_size, Image.Resampling.BILINEAR)
-
-
-def _center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Cut the centred ``size`` x ``size`` square (torchvision's rounding of the offsets)."""
-    width, height = image.size
-    left, top = round((width - size) / 2), round((height - size) / 2)
-    return image.crop((left, top, left + size, top + size))
-
-
 # ---------------------------------------------------------------------------------------------------- entry point
 
 
@@ -254,6 +152,7 @@ def load_data(
     train_subset: int | None = None,
     train_item_size: int | None = None,
     cache: bool = True,
+    hold_out: bool = True,
 ) -> ImageData:
     """Open ``source``: "digits", "synthetic", a CIFAR python folder or an ImageNet-style folder.
 
@@ -266,11 +165,14 @@ def load_data(
     ``split_seed``, as the test split. ``train_subset`` keeps that many training images (stratified, seeded by
     ``split_seed``; the test split is untouched). ``train_item_size`` sets the side of an image folder's train
     items (default: the resize side, for a random-resized crop on the device; pass ``image_size`` for a
-    pad-and-crop recipe). ``cache`` decodes folders of small images once (see nsrep.train.imagecache).
+    pad-and-crop recipe). ``cache`` decodes folders of small images once (see nsrep.data.imagecache).
+    ``hold_out=False`` opens a folder without ``val/`` for evaluation: every image is in the test split and the
+    train split is empty.
     """
     if not isinstance(val_fraction, int | float) or isinstance(val_fraction, bool) or not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
-    data = _open(source, image_size, verify, checksums, synthetic, val_fraction, split_seed, train_item_size, cache)
+    split = _ImageFolderSplit(val_fraction, split_seed, train_item_size, cache, hold_out)
+    data = _open(source, image_size, verify, checksums, synthetic, split)
     if train_subset is not None:
         data = _with_train_subset(data, train_subset, split_seed)
     return data
@@ -282,10 +184,7 @@ def _open(
     verify: bool,
     checksums: Mapping[str, str] | None,
     synthetic: SyntheticSpec | None,
-    val_fraction: float,
-    split_seed: int,
-    train_item_size: int | None,
-    cache: bool,
+    split: _ImageFolderSplit,
 ) -> ImageData:
     if isinstance(source, str) and source in ("digits", "synthetic"):
         if checksums is not None:
@@ -322,7 +221,6 @@ def _open(
     if checksums is not None:
         raise ValueError(f"checksums= applies only to CIFAR folders, and {str(path)!r} is none")
     size = DEFAULT_IMAGENET_SIZE if image_size is None else image_size
-    split = _ImageFolderSplit(val_fraction, split_seed, train_item_size, cache)
     if (path / "train").is_dir() or (path / "val").is_dir():
         return _load_image_folder(path, size, split)
     if _holds_class_folders(path):  # the class folders themselves (e.g. data/train): a held-out split
@@ -339,14 +237,21 @@ def describe(data: ImageData) -> str:
     item_size = getattr(data.train, "item_size", data.image_size)
     if item_size != data.image_size:
         shape += f" (train items {item_size}x{item_size}, cropped on the device)"
+    cached = " (decoded once, cached)" if isinstance(data.train, CachedImageFolder) else ""
+    return (
+        f"{data.name}: {len(data.train)} train / {len(data.test)} {_test_split_name(data)} images{cached}, "
+        f"{data.num_classes} classes, {shape}, augment {data.augment}"
+    )
+
+
+def _test_split_name(data: ImageData) -> str:
+    """Which images the test split holds, in words."""
     test = "test"
     if data.held_out:
         test = f"held-out validation (val_fraction {data.val_fraction}, seed {data.split_seed})"
-    cached = " (decoded once, cached)" if isinstance(data.train, CachedImageFolder) else ""
-    return (
-        f"{data.name}: {len(data.train)} train / {len(data.test)} {test} images{cached}, {data.num_classes} "
-        f"classes, {shape}, augment {data.augment}"
-    )
+    elif data.whole_folder:
+        test = "test (every image of the folder)"
+    return test
 
 
 def stratified_indices(targets: np.ndarray, fraction: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -488,6 +393,7 @@ class _ImageFolderSplit:
     seed: int
     train_item_size: int | None
     cache: bool
+    hold_out: bool = True  # False: a folder without val/ is all test images (opened for evaluation)
 
 
 def _load_image_folder(
@@ -515,7 +421,10 @@ def _load_image_folder(
     classes = _class_folders(train_dir)
     samples = _scan(train_dir, classes)
     held_out = train_dir != root / "train" or not (root / "val").is_dir()
-    if held_out:
+    whole_folder = held_out and not split.hold_out
+    if whole_folder:
+        held_out, train_samples, val_samples = False, [], samples
+    elif held_out:
         targets = np.array([label for _, label in samples], dtype=np.int64)
         kept, drawn = stratified_indices(targets, split.val_fraction, split.seed)
         train_samples, val_samples = [samples[i] for i in kept], [samples[i] for i in drawn]
@@ -531,9 +440,9 @@ def _load_image_folder(
     train = ImageFolderDataset(train_samples, classes, resize_size=train_item, item_size=train_item)
     test = ImageFolderDataset(val_samples, classes, resize_size=resize_size, item_size=image_size)
     if split.cache:
-        from nsrep.train.imagecache import cached_folder
-
-        train, test = (cached_folder(d, root) if d.item_size <= SMALL_IMAGE_MAX else d for d in (train, test))
+        train, test = (
+            cached_folder(d, root) if d.item_size <= SMALL_IMAGE_MAX and len(d) else d for d in (train, test)
+        )
     return ImageData(
         name="imagefolder",
         train=train,
@@ -547,6 +456,7 @@ def _load_image_folder(
         augment="random-resized-crop" if item is None else "pad-crop",
         val_fraction=split.val_fraction if held_out else None,
         split_seed=split.seed if held_out else None,
+        whole_folder=whole_folder,
     )
 
 

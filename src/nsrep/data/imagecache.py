@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nsrep.data.items import CachedImageFolder, ImageFolderDataset
 from nsrep.fileio import atomic_write
-from nsrep.train.data import CachedImageFolder, ImageFolderDataset
 
 __all__ = ["CACHE_DIR", "CACHE_FORMAT", "cache_key", "cached_folder"]
 

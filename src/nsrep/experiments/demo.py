@@ -23,8 +23,8 @@ import torch
 from nsrep.experiments.spec import ReportSpec, RunPlan, SweepSpec
 from nsrep.experiments.sweep import run_spec
 from nsrep.report import format_table
+from nsrep.storage.folders import RunFolder
 from nsrep.train.config import TrainConfig, apply_overrides, load_recipe
-from nsrep.train.folders import RunFolder
 from nsrep.train.plots import plot_learning_curves
 
 __all__ = ["DEMO_VARIANTS", "DemoRow", "demo_spec", "deployed_latencies_ms", "format_demo_table", "run_demo"]
@@ -126,9 +126,9 @@ def run_demo(
         folder = RunFolder(out / plan.name)
         summary = folder.read_summary()
         curves[plan.name] = folder.read_metrics()
-        meta = folder.deploy.read_preprocess()
+        data = folder.deploy.read_data_record()
         deployed.append(folder.deploy.load())
-        inputs.append(torch.randn(1, meta["in_chans"], meta["input_size"], meta["input_size"]))
+        inputs.append(torch.randn(1, data.in_chans, data.input_size, data.input_size))
         rows.append(
             DemoRow(
                 family=plan.config.family,

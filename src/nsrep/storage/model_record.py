@@ -22,6 +22,9 @@ from typing import Any
 
 from torch import nn
 
+from nsrep.models.heads import create_head
+from nsrep.models.registry import create_model
+
 __all__ = ["KINDS", "READABLE_VERSIONS", "RECORD_VERSION", "ModelRecord"]
 
 RECORD_VERSION = 2
@@ -65,13 +68,7 @@ class ModelRecord:
     def build(self, **changes: Any) -> nn.Module:
         """Build the model or head this record describes (``changes`` override its keywords)."""
         keywords = {**self.keywords(), **changes}
-        if self.kind == "head":
-            from nsrep.models.heads import create_head
-
-            return create_head(**keywords)
-        from nsrep.models.registry import create_model
-
-        return create_model(**keywords)
+        return create_head(**keywords) if self.kind == "head" else create_model(**keywords)
 
     def to_dict(self) -> dict[str, Any]:
         """The current (version 2) form for JSON files and checkpoints."""

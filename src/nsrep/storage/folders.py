@@ -12,7 +12,7 @@ and ``deploy/`` (a deploy folder). Its state is one of
 - ``foreign``: anything else, e.g. a non-empty folder that is not an nsrep run. nsrep never writes into it.
 
 A **deploy folder** (:class:`DeployFolder`) holds ``model.safetensors`` (the folded, plain network's weights),
-``config.json`` (its versioned :class:`~nsrep.models.record.ModelRecord`, a model or a head) and
+``config.json`` (its versioned :class:`~nsrep.storage.model_record.ModelRecord`, a model or a head) and
 ``preprocess.json`` (input size, channels, normalisation and class names); ONNX and TorchScript exports are
 written beside them.
 """
@@ -23,20 +23,28 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import yaml
 from torch import nn
 
 from nsrep.fileio import atomic_write, atomic_write_all, is_temporary_of, json_bytes, write_json
-from nsrep.models.record import ModelRecord
 from nsrep.reparam import unwrap_model
-from nsrep.train.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from nsrep.train.config import EXECUTION_FIELDS, TrainConfig
+from nsrep.storage.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from nsrep.storage.data_record import DataRecord, read_data_record
+from nsrep.storage.model_record import ModelRecord
 
-__all__ = ["RUN_STATES", "DeployFolder", "RunFolder", "config_conflicts"]
+__all__ = ["RUN_STATES", "DeployFolder", "RunConfig", "RunFolder", "config_conflicts"]
 
 RUN_STATES = ("new", "resumable", "finished", "foreign")
+
+
+class RunConfig(Protocol):
+    """What a run folder needs of a training configuration (:class:`nsrep.train.config.TrainConfig` is one)."""
+
+    EXECUTION_FIELDS: ClassVar[frozenset[str]]  # settings that may differ when a run is resumed
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 class DeployFolder:
@@ -79,8 +87,15 @@ class DeployFolder:
         """Whether the folder holds a deployed model (record and weights)."""
         return self.record_path.is_file() and self.weights_path.is_file()
 
-    def write(self, model: nn.Module, *, preprocess: Mapping[str, Any] | None = None) -> Path:
-        """Save a deployed (reparameterized) nsrep model or head.
+    def write(
+        self,
+        model: nn.Module,
+        *,
+        data_record: DataRecord | None = None,
+        preprocess: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Save a deployed (reparameterized) nsrep model or head, with the data record of its run (a model) or
+        free-form ``preprocess`` notes (a head's features; not both) as ``preprocess.json``.
 
         Every file is serialised before any is written, and then all are written as one step
         (:func:`nsrep.fileio.atomic_write_all`): a failure leaves the folder as it was. Raises ``ValueError``
@@ -101,6 +116,10 @@ class DeployFolder:
             self.weights_path: save(tensors, metadata={"producer": "nsrep"}),
             self.record_path: json_bytes(record.to_dict()),
         }
+        if data_record is not None and preprocess is not None:
+            raise ValueError("pass the data record or free-form preprocess notes, not both")
+        if data_record is not None:
+            preprocess = data_record.to_dict()
         if preprocess is not None:
             files[self.preprocess_path] = json_bytes(dict(preprocess))
         atomic_write_all(files)
@@ -124,6 +143,10 @@ class DeployFolder:
         """Input size, channels, mean/std and class names ({} when the model was saved without)."""
         return json.loads(self.preprocess_path.read_text()) if self.preprocess_path.is_file() else {}
 
+    def read_data_record(self) -> DataRecord | None:
+        """The data record in ``preprocess.json`` (any readable version; None without one)."""
+        return read_data_record(self.read_preprocess(), source=str(self.preprocess_path))
+
     def load(self) -> nn.Module:
         """Rebuild the deployed form of the stored record and load its weights strictly (eval mode)."""
         from safetensors.torch import load_file
@@ -141,12 +164,12 @@ class DeployFolder:
         return model.eval()
 
 
-def config_conflicts(saved: Mapping[str, Any], asked: TrainConfig) -> list[str]:
+def config_conflicts(saved: Mapping[str, Any], asked: RunConfig) -> list[str]:
     """Keys (execution settings aside) where a stored configuration differs from ``asked``, described."""
     return [
         f"{key}={saved.get(key)!r} in the checkpoint, {value!r} asked"
         for key, value in asked.to_dict().items()
-        if key not in EXECUTION_FIELDS and saved.get(key) != value
+        if key not in asked.EXECUTION_FIELDS and saved.get(key) != value
     ]
 
 
@@ -226,7 +249,7 @@ class RunFolder:
                 "it: choose another --out"
             )
 
-    def open(self, config: TrainConfig, *, resume: bool) -> dict[str, Any] | None:
+    def open(self, config: RunConfig, *, resume: bool) -> dict[str, Any] | None:
         """Check that ``config`` may run here; returns the checkpoint to resume from (None: start afresh).
 
         Refuses a foreign folder, an existing run without ``resume``, ``resume`` without a checkpoint, and
@@ -246,7 +269,7 @@ class RunFolder:
         self.check_config(checkpoint["config"], config)
         return checkpoint
 
-    def check_config(self, saved: Mapping[str, Any], config: TrainConfig) -> None:
+    def check_config(self, saved: Mapping[str, Any], config: RunConfig) -> None:
         """Refuse to continue (or reuse) this run with a configuration other than the stored one."""
         conflicts = config_conflicts(saved, config)
         if conflicts:
@@ -254,7 +277,7 @@ class RunFolder:
 
     # ------------------------------------------------------------------------------------------ files
 
-    def write_config(self, config: TrainConfig) -> Path:
+    def write_config(self, config: RunConfig) -> Path:
         self._refuse_foreign()
         return atomic_write(self.config_path, lambda f: f.write(yaml.safe_dump(config.to_dict()).encode()))
 
@@ -272,10 +295,9 @@ class RunFolder:
     def load_checkpoint(self) -> dict[str, Any]:
         return load_checkpoint(self.checkpoint_path)
 
-    def stored_config(self) -> TrainConfig:
-        """The configuration the run's checkpoint was trained with."""
-        state = self.load_checkpoint()
-        return TrainConfig.from_dict(state["config"], source=f"checkpoint in {str(self.path)!r}")
+    def stored_config(self) -> dict[str, Any]:
+        """The configuration the run's checkpoint was trained with (its ``to_dict`` form)."""
+        return self.load_checkpoint()["config"]
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
         return write_json(self.summary_path, dict(summary))

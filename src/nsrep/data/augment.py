@@ -1,6 +1,6 @@
 """Augmentation of whole batches on the training device, with kornia: uint8 or [0, 1] batch -> normalised float.
 
-The data sets yield uint8 items (nsrep.train.data), the DataLoader collates them, and the trainer moves the
+The data sets yield uint8 items (nsrep.data.datasets), the DataLoader collates them, and the trainer moves the
 batch to the device and calls a :class:`BatchTransform` on it, so no per-image Python runs in the workers.
 Randomness comes from torch's global generators, never a private one: kornia samples crops, flips and
 AutoAugment's choices on the CPU generator (the pipeline is never moved, see BatchTransform), and AutoAugment's

@@ -1,7 +1,7 @@
 """INT8 post-training quantization of a deployed (folded) network with ONNX Runtime, and its report.
 
 The deployed network is plain (conv with bias, ReLU, add), so a general-purpose engine quantizes it: the
-folder is exported to ONNX (:func:`nsrep.export.export_onnx`, checked against PyTorch), then ONNX Runtime's
+folder is exported to ONNX (:func:`nsrep.deploy.export.export_onnx`, checked against PyTorch), then ONNX Runtime's
 static quantization writes a QDQ model with per-channel int8 weights and uint8 activations calibrated on N
 training images with the run's eval transform (MinMax, entropy or percentile ranges). ORT rather than
 PyTorch's PT2E flow: in torch 2.13 PT2E and its x86 quantizer live in ``torchao``, which nsrep does not
@@ -20,9 +20,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,9 +31,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nsrep.export import _quiet, export_onnx, read_preprocess
-from nsrep.fileio import atomic_write, write_json
-from nsrep.train.folders import DeployFolder, RunFolder
+from nsrep.deploy.export import export_onnx, quiet_exporters
+from nsrep.fileio import atomic_folder, atomic_write, write_json
+from nsrep.plotting import pyplot, save_png
+from nsrep.report import markdown_table
+from nsrep.storage.folders import DeployFolder, RunFolder
+from nsrep.train.runs import eval_data
 from nsrep.validation import check_choice
 
 __all__ = [
@@ -76,6 +77,7 @@ class QuantReport:
     calibration: str
     calib_images: int
     eval_images: int
+    eval_split: str  # which images those are, and why (nsrep.train.runs.EvalData.split)
     models: dict[str, dict[str, float]]
     layers: list[LayerError]
     kept_float: list[str]
@@ -182,7 +184,7 @@ def _quantize(fp32: Path, out: Path, calib: Sequence[np.ndarray], method: str, e
     level = root.level
     root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint on the root logger for every model
     try:
-        with _quiet():  # the calibrators print their histogram settings
+        with quiet_exporters():  # the calibrators print their histogram settings
             quantize_static(
                 str(fp32),
                 str(tmp),
@@ -314,13 +316,11 @@ def quantize_deployed(
     for name, value, low in (("--calib", calib, 1), ("--keep-float", keep_float, 0), ("--threads", threads, 1)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
-    from nsrep.train.runs import eval_split
-
-    meta = read_preprocess(folder)
-    data_source = data if data is not None else meta.get("source", meta.get("data"))
-    if data_source is None:
-        raise ValueError(f"{str(folder)!r} does not record its data ({DeployFolder.PREPROCESS}); pass --data")
-    images, transform, _ = eval_split(data_source, meta, batch_size=256, run=str(folder))
+    # calibration draws from the training images, so the run's split applies even to a folder handed in
+    chosen = eval_data(
+        DeployFolder(folder).read_data_record(), data, batch_size=256, run=str(folder), whole_folder=False
+    )
+    images, transform, data_source = chosen.images, chosen.transform, chosen.source
     if calib > len(images.train):
         raise ValueError(
             f"--calib {calib} is larger than the {len(images.train)} training images of {data_source!r}; "
@@ -334,9 +334,7 @@ def quantize_deployed(
     eval_batches = _prepared(images.test, range(n_eval), transform, 250)
     debug_batches = _prepared(images.test, range(min(debug_images, n_eval)), transform, 32)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as work:  # a failed run leaves no partial ``out``
         fp32 = work / FP32_FILE
         export_onnx(folder, fp32)
         paths = {"fp32": fp32, "int8": work / INT8_FILE}
@@ -365,6 +363,7 @@ def quantize_deployed(
             calibration=method,
             calib_images=calib,
             eval_images=n_eval,
+            eval_split=chosen.split,
             models=models,
             layers=layers,
             kept_float=kept_layers,
@@ -372,23 +371,15 @@ def quantize_deployed(
             threads=threads,
         )
         _write_report(report, work)
-        if out.exists():
-            out.rmdir()  # checked empty above
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     report.files = sorted(str(out / p.name) for p in out.iterdir())
     return report
 
 
 def format_report(report: QuantReport) -> str:
     """The report's tables as markdown: accuracy, the worst layers, latency."""
-    from nsrep.report import markdown_table
-
     lines = [
         f"{report.source}: {report.calibration} calibration on {report.calib_images} training images, "
-        f"{report.eval_images} held-out images",
+        f"{report.eval_images} test images: {report.eval_split}",
         "",
     ]
     fp32 = report.models["fp32"]["top1"]
@@ -446,8 +437,6 @@ def _jsonable(value: Any) -> Any:
 
 
 def _plot(report: QuantReport, path: Path) -> None:
-    from nsrep.plotting import pyplot, save_png
-
     plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     x = np.arange(len(report.layers))

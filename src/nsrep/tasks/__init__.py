@@ -1,0 +1,1 @@
+"""Tasks beyond classification built on nsrep backbones (example code the examples/ scripts run)."""
