@@ -23,14 +23,19 @@ __all__ = [
     "Arith",
     "Call",
     "Cat",
+    "DimOp",
+    "FirstStream",
+    "Index",
     "PerStream",
     "Reshape",
     "StreamArith",
     "StreamBatchNorm2d",
     "StreamCat",
     "StreamConvTranspose2d",
+    "StreamDimOp",
     "StreamDropout",
     "StreamFlatten",
+    "StreamIndex",
     "StreamReshape",
 ]
 
@@ -52,6 +57,16 @@ class Call(nn.Module):
 
     def extra_repr(self) -> str:
         return getattr(self.fn, "__name__", repr(self.fn))
+
+
+class FirstStream(Foldable):
+    """One stream of a stream set (``x[0]``, a free view), for shape queries; the identity once folded."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[0]
+
+    def fold(self) -> nn.Module:
+        return nn.Identity()
 
 
 class PerStream(Foldable):
@@ -196,6 +211,66 @@ class StreamReshape(Foldable):
         return Reshape()
 
 
+# Ops on the dims of a tensor (channel shuffle, CSP/ShuffleNet splits): the argument positions that are dims.
+DIM_OPS = {"transpose": (0, 1), "permute": None, "chunk": (1,), "split": (1,)}  # None: every argument
+
+
+class DimOp(nn.Module):
+    """Plain ``x.<op>(*args, **kwargs)`` (transpose, permute, chunk, split): the deploy form of
+    :class:`StreamDimOp`."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        if op not in DIM_OPS:
+            raise ValueError(f"op must be one of {sorted(DIM_OPS)}, got {op!r}")
+        self.op = op
+
+    def forward(self, x: Tensor, *args, **kwargs):
+        return getattr(x, self.op)(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return repr(self.op)
+
+
+class StreamDimOp(DimOp, Foldable):
+    """:class:`DimOp` on every stream: its dims (arguments, given at run time) are dims of one stream's tensor.
+
+    All four ops only move or cut data, so they are linear per stream; chunk and split return a tuple of stream
+    sets."""
+
+    def forward(self, x: Tensor, *args, **kwargs):
+        positions = DIM_OPS[self.op]
+        if self.op == "permute":
+            dims = args[0] if len(args) == 1 and isinstance(args[0], tuple | list) else args
+            args = ((0, *map(_shift, dims)),)
+        else:
+            args = tuple(_shift(a) if i in positions else a for i, a in enumerate(args))
+        if "dim" in kwargs:
+            kwargs = {**kwargs, "dim": _shift(kwargs["dim"])}
+        return super().forward(x, *args, **kwargs)
+
+    def fold(self) -> nn.Module:
+        return DimOp(self.op)
+
+
+class Index(nn.Module):
+    """Plain ``x[index]``: the deploy form of :class:`StreamIndex`."""
+
+    def forward(self, x: Tensor, index):
+        return x[index]
+
+
+class StreamIndex(Foldable):
+    """``x[index]`` of every stream (GhostNet's ``x[:, :c]``): the stream axis is prepended to the index."""
+
+    def forward(self, x: Tensor, index):
+        index = index if isinstance(index, tuple) else (index,)
+        return x[index] if index and index[0] is Ellipsis else x[(slice(None), *index)]
+
+    def fold(self) -> nn.Module:
+        return Index()
+
+
 class StreamDropout(Foldable):
     """Dropout with one mask shared by every stream (``channelwise``: one draw per (sample, channel), as
     ``Dropout2d``); ``on_streams=False`` is ordinary dropout of a plain batch.
@@ -241,6 +316,8 @@ class StreamBatchNorm2d(Foldable, nn.BatchNorm2d):
         if not (bn.affine and bn.track_running_stats):
             raise ValueError("only an affine BatchNorm2d with running statistics can act on stream sets")
         new = cls(bn.num_features, bn.eps, bn.momentum, device=bn.weight.device, dtype=bn.weight.dtype)
+        for name, child in bn.named_children():  # a norm-act layer's drop and act (see nsrep.convert.modes)
+            new.add_module(name, child)
         new.load_state_dict(bn.state_dict())
         return new.train(bn.training)
 
@@ -261,6 +338,8 @@ class StreamBatchNorm2d(Foldable, nn.BatchNorm2d):
         bn = nn.BatchNorm2d(
             self.num_features, self.eps, self.momentum, device=self.weight.device, dtype=self.weight.dtype
         )
+        for name, child in self.named_children():  # called by the graph at their own paths, folded here
+            bn.add_module(name, child.fold() if isinstance(child, Foldable) else copy.deepcopy(child))
         bn.load_state_dict(self.state_dict())
         return bn
 
