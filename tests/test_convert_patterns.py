@@ -17,6 +17,7 @@ from zoo_patterns import (
     BatchNormAct2d,
     ConvNormAct,
     CrossStage,
+    DenseLayer,
     DropPath,
     GhostLike,
     Net,
@@ -24,6 +25,7 @@ from zoo_patterns import (
     ShiftedBatchNorm,
     ShuffleBlock,
     StochasticDepth,
+    Transition,
     stochastic_depth,
 )
 
@@ -179,3 +181,22 @@ def test_channel_plumbing_acts_per_stream(body, connectivity):
     converted = nsrep.convert(original, family="acnet", connectivity=connectivity)
     assert len(converted.nsrep_conversion.after_sum) == 3, converted.nsrep_conversion
     _assert_folds_after_training(original, converted, Net(*body()).double())
+
+
+def _dense_net() -> Net:
+    return Net(DenseLayer(8), DenseLayer(12), Transition(16, 8)).double()
+
+
+def test_biasless_convs_kept_plain_fold_into_the_original_class():
+    """DenseNet's convs with neither a bias nor a BN after them: units by default (fold_into has nowhere to put
+    their bias, and says so), kept plain per stream with ``biasless_convs="plain"``."""
+    original = _dense_net()
+    with pytest.raises(ValueError, match=r"conv 'body\.0\.conv2'.*biasless_convs='plain'"):
+        nsrep.fold_into(original, nsrep.convert(original))
+    converted = nsrep.convert(original, family="dbb", connectivity="ns", biasless_convs="plain")
+    report = converted.nsrep_conversion
+    assert [u.conv for u in report.units] == ["stem.conv", "body.0.conv1", "body.1.conv1"]
+    assert [p.split()[0] for p in report.plain_convs] == ["body.0.conv2", "body.1.conv2", "body.2.2"]
+    _assert_folds_after_training(original, converted, _dense_net())
+    with pytest.raises(ValueError, match="unknown biasless_convs 'bias'; valid: unit, plain"):
+        nsrep.convert(original, biasless_convs="bias")

@@ -185,6 +185,29 @@ class GhostLike(nn.Module):
         return torch.cat([x1, x2], dim=1)[:, : self.out, :, :]
 
 
+class DenseLayer(nn.Module):
+    """torchvision's DenseNet layer: BN-ReLU-conv1x1 (a BN follows it), BN-ReLU-conv3x3 (nothing follows it, no
+    bias), its output concatenated to its input."""
+
+    def __init__(self, c: int, growth: int = 4) -> None:
+        super().__init__()
+        self.norm1, self.relu1 = nn.BatchNorm2d(c), nn.ReLU()
+        self.conv1 = nn.Conv2d(c, 2 * growth, 1, bias=False)
+        self.norm2, self.relu2 = nn.BatchNorm2d(2 * growth), nn.ReLU()
+        self.conv2 = nn.Conv2d(2 * growth, growth, 3, 1, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        new = self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
+        return torch.cat([x, new], 1)
+
+
+class Transition(nn.Sequential):
+    """torchvision's DenseNet transition: BN, ReLU, a biasless 1x1 conv, average pooling."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False), nn.AvgPool2d(2))
+
+
 class Net(nn.Module):
     """A stem, ``body`` and a classifier head: ``Net(body, c)`` for a body that maps ``c`` to ``c`` channels."""
 

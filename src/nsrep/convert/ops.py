@@ -31,6 +31,7 @@ __all__ = [
     "StreamArith",
     "StreamBatchNorm2d",
     "StreamCat",
+    "StreamConv2d",
     "StreamConvTranspose2d",
     "StreamDimOp",
     "StreamDropout",
@@ -344,45 +345,65 @@ class StreamBatchNorm2d(Foldable, nn.BatchNorm2d):
         return bn
 
 
-class StreamConvTranspose2d(Foldable, nn.ConvTranspose2d):
-    """A transposed conv (a U-Net's learned upsampling) on stream sets, kept plain: linear per stream, its bias
-    split as ``bias/S`` so that the aggregate receives it once. Same parameters and state-dict keys as the
-    ``nn.ConvTranspose2d`` it replaces, to which it folds; a 4-D batch is one plain batch."""
+class _PlainOnStreams(Foldable):
+    """A conv kept plain on stream sets: linear per stream, its bias split as ``bias/S`` so that the aggregate
+    receives it once. Mixed into subclasses of the torch conv it replaces (same parameters and state-dict keys),
+    to which it folds; a 4-D batch is one plain batch."""
+
+    plain: type[nn.Module]
 
     @classmethod
-    def from_module(cls, conv: nn.ConvTranspose2d) -> StreamConvTranspose2d:
-        return _copy_transposed_conv(conv, cls)
+    def from_module(cls, conv: nn.Module) -> nn.Module:
+        """The kept-plain version of ``conv`` (an instance of ``cls.plain``): same weights, device and mode."""
+        return _copy_conv(conv, cls)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:
             return super().forward(x)
-        y = self._conv_forward_no_bias(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        y = self.without_bias(x.flatten(0, 1)).unflatten(0, x.shape[:2])
         return y if self.bias is None else y + (self.bias / x.shape[0]).view(1, 1, -1, 1, 1)
 
-    def _conv_forward_no_bias(self, x: Tensor) -> Tensor:
+    def without_bias(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def fold(self) -> nn.Module:
+        return _copy_conv(self, self.plain)
+
+
+class StreamConvTranspose2d(_PlainOnStreams, nn.ConvTranspose2d):
+    """A transposed conv (a U-Net's learned upsampling) on stream sets, kept plain (see :class:`_PlainOnStreams`)."""
+
+    plain = nn.ConvTranspose2d
+
+    def without_bias(self, x: Tensor) -> Tensor:
         return nn.functional.conv_transpose2d(
             x, self.weight, None, self.stride, self.padding, self.output_padding, self.groups, self.dilation
         )
 
-    def fold(self) -> nn.Module:
-        return _copy_transposed_conv(self, nn.ConvTranspose2d)
+
+class StreamConv2d(_PlainOnStreams, nn.Conv2d):
+    """A conv kept plain on stream sets (``convert(..., biasless_convs="plain")``, see :class:`_PlainOnStreams`)."""
+
+    plain = nn.Conv2d
+
+    def without_bias(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight, None)
 
 
-def _copy_transposed_conv(conv: nn.ConvTranspose2d, cls: type[nn.ConvTranspose2d]) -> nn.ConvTranspose2d:
+def _copy_conv(conv: nn.Module, cls: type[nn.Module]) -> nn.Module:
     """A ``cls`` with ``conv``'s hyper-parameters, device, dtype, weights and train/eval mode."""
+    options = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    if isinstance(conv, nn.ConvTranspose2d):
+        options["output_padding"] = conv.output_padding
     new = cls(
         conv.in_channels,
         conv.out_channels,
         conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.output_padding,
-        conv.groups,
-        conv.bias is not None,
-        conv.dilation,
-        conv.padding_mode,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
         device=conv.weight.device,
         dtype=conv.weight.dtype,
+        **options,
     )
     new.load_state_dict(conv.state_dict())
     return new.train(conv.training)

@@ -43,6 +43,7 @@ from nsrep.convert.ops import (
     StreamArith,
     StreamBatchNorm2d,
     StreamCat,
+    StreamConv2d,
     StreamConvTranspose2d,
     StreamDimOp,
     StreamDropout,
@@ -104,8 +105,11 @@ class _GraphState:
     """What the rewrite knows of each graph value (plain, streams, merged) and the graph edits it makes:
     installing a module in a node's place, summing a stream set once, refusing with the op named."""
 
-    def __init__(self, gm: fx.GraphModule, config: UnitConfig, init: str, report: Conversion) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, config: UnitConfig, init: str, report: Conversion, biasless_convs: str = "unit"
+    ) -> None:
         self.gm, self.graph, self.config, self.init, self.report = gm, gm.graph, config, init, report
+        self.biasless_convs = biasless_convs
         self.state: dict[fx.Node, Plain | Streams | StreamTuple | Merged] = {}
         self.sums: dict[fx.Node, fx.Node] = {}
         self.erased: set[fx.Node] = set()
@@ -154,13 +158,16 @@ class _GraphState:
             if isinstance(s, Merged) and s.restriction is not None:
                 self.refuse(node, s)
 
+    def set_module(self, path: str, module: nn.Module) -> None:
+        parent, _, name = path.rpartition(".")
+        setattr(self.gm.get_submodule(parent), name, module)
+
     def install(self, node: fx.Node, module: nn.Module, args: tuple, kwargs: dict | None = None) -> fx.Node:
         """Replace ``node`` by a call of ``module``: at the node's own module path when that module is called
         only here (names stay readable), else at ``nsrep_ops.<node>``."""
         if node.op == "call_module" and self.calls[node.target] == 1:
             path = node.target
-            parent, _, name = path.rpartition(".")
-            setattr(self.gm.get_submodule(parent), name, module)
+            self.set_module(path, module)
         else:
             path = f"nsrep_ops.{node.name}"
             self.gm.add_submodule(path, module)
@@ -260,10 +267,6 @@ class _Rewriter(_GraphState):
             for user in users:
                 user.replace_input_with(node, last)
 
-    def set_module(self, path: str, module: nn.Module) -> None:
-        parent, _, name = path.rpartition(".")
-        setattr(self.gm.get_submodule(parent), name, module)
-
     def visit_drop_path(self, node: fx.Node, module: nn.Module):
         """Drop-path on a stream set: one per-sample mask shared by every stream (:mod:`nsrep.nn.drop_path`)."""
         if len(node.args) != 1 or node.kwargs or self.calls[node.target] != 1:
@@ -295,14 +298,18 @@ class _Rewriter(_GraphState):
                 "(shared weights); each conv position needs its own unit"
             )
         bn_node = self.following_bn(node, conv)
+        if bn_node is None and conv.bias is None and self.biasless_convs == "plain":
+            self.report.plain_convs.append(f"{node.target} (no bias, no BatchNorm after it)")
+            if isinstance(s, Streams):
+                self.set_module(node.target, StreamConv2d.from_module(conv))
+            return node, s
         bn = self.module(bn_node) if bn_node is not None else None
         in_streams = s.count if isinstance(s, Streams) else 1
         unit = build_unit(conv, bn, in_streams, self.config, self.init, node.target)
         if isinstance(s, Plain):
             with self.graph.inserting_before(node):
                 x = self.graph.call_module("nsrep_entry", (x,))
-        parent, _, name = node.target.rpartition(".")
-        setattr(self.gm.get_submodule(parent), name, unit)
+        self.set_module(node.target, unit)
         node.args, node.kwargs = (x,), {}
         if bn_node is not None:
             if next(self.module(bn_node).children(), None) is not None:  # a norm-act's drop and act stay called
@@ -333,8 +340,7 @@ class _Rewriter(_GraphState):
         """A transposed conv on streams stays plain, per stream (bias counted once); not a unit."""
         if len(node.args) != 1 or node.kwargs or conv.padding_mode != "zeros" or self.calls[node.target] != 1:
             return self.visit_other(node, conv)
-        parent, _, name = node.target.rpartition(".")
-        setattr(self.gm.get_submodule(parent), name, StreamConvTranspose2d.from_module(conv))
+        self.set_module(node.target, StreamConvTranspose2d.from_module(conv))
         self.report.stream_ops.append(self.describe(node))
         return node, self.st(node.args[0])
 
@@ -342,8 +348,7 @@ class _Rewriter(_GraphState):
         if not (bn.affine and bn.track_running_stats) or node.kwargs or len(node.args) != 1:
             return self.visit_other(node, bn)
         if not isinstance(bn, StreamBatchNorm2d):  # replaced at its own path: same state-dict keys
-            parent, _, name = node.target.rpartition(".")
-            setattr(self.gm.get_submodule(parent), name, StreamBatchNorm2d.from_bn(bn))
+            self.set_module(node.target, StreamBatchNorm2d.from_bn(bn))
         self.report.guided.append(f"BatchNorm2d {node.target!r} (statistics of the aggregate)")
         return node, self.st(node.args[0])
 
@@ -526,8 +531,10 @@ def trace(model: nn.Module) -> ConvertedModel:
     return ConvertedModel(tracer.root, graph, f"{type(model).__name__}NS")
 
 
-def rewrite(gm: ConvertedModel, config: UnitConfig, init: str, report: Conversion) -> ConvertedModel:
+def rewrite(
+    gm: ConvertedModel, config: UnitConfig, init: str, report: Conversion, biasless_convs: str = "unit"
+) -> ConvertedModel:
     """Make the traced ``gm`` branch-level, in place; ``ValueError`` for what cannot be converted."""
     gm.nsrep_conversion = report
-    _Rewriter(gm, config, init, report).run()
+    _Rewriter(gm, config, init, report, biasless_convs).run()
     return gm
