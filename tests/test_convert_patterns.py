@@ -15,6 +15,7 @@ from helpers import F32_TOL, F64_TOL, classification_loss, train_steps
 from nsrep.nn.conv import set_implementation
 from zoo_patterns import (
     BatchNormAct2d,
+    ConvNeXtLike,
     ConvNormAct,
     CrossStage,
     DenseLayer,
@@ -200,3 +201,27 @@ def test_biasless_convs_kept_plain_fold_into_the_original_class():
     _assert_folds_after_training(original, converted, _dense_net())
     with pytest.raises(ValueError, match="unknown biasless_convs 'bias'; valid: unit, plain"):
         nsrep.convert(original, biasless_convs="bias")
+
+
+@pytest.mark.parametrize("family", ["dbb", "acnet"])
+def test_convnext_layer_norm_guided_and_even_kernels_kept_plain(family):
+    """ConvNeXt: LayerNorm over channels (module and timm's F.layer_norm form) takes its statistics from the
+    aggregate and applies them to every stream; the channels-last MLP runs per stream; the 4x4 and 2x2 convs,
+    in which no 1x1 or 1xk branch can be centred, stay plain (and say why)."""
+    original = ConvNeXtLike().double()
+    converted = nsrep.convert(original, family=family, connectivity="ns")
+    report = converted.nsrep_conversion
+    assert [u.conv for u in report.units] == ["stage1.dw", "stage2.dw"]
+    assert [p.split()[0] for p in report.plain_convs] == ["stem.0", "down.1"]
+    assert "kernel" in report.plain_convs[0]
+    assert sum("statistics of the aggregate" in g for g in report.guided) == 3  # block norms and the downsample's
+    _assert_folds_after_training(original, converted, ConvNeXtLike().double())
+
+
+def test_guided_layer_norm_sums_to_the_layer_norm_of_the_aggregate():
+    from nsrep.convert.ops import guided_layer_norm
+
+    x = torch.randn(3, 2, 5, 6, dtype=torch.float64)
+    weight, bias = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    expected = F.layer_norm(x.sum(0), (6,), weight, bias, 1e-6)
+    torch.testing.assert_close(guided_layer_norm(x, (6,), weight, bias, 1e-6).sum(0), expected, rtol=1e-13, atol=1e-13)

@@ -208,6 +208,49 @@ class Transition(nn.Sequential):
         super().__init__(nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False), nn.AvgPool2d(2))
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """timm.layers.LayerNorm2d: LayerNorm over the channels of an NCHW map (traced into ``F.layer_norm``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """torchvision's CNBlock: depthwise 7x7, channels-last LayerNorm and MLP, layer scale, drop-path, residual."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, 1, 3, groups=c)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.fc1, self.act, self.fc2 = nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c, 1, 1), 0.5))
+        self.drop_path = DropPath(0.1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        y = self.fc2(self.act(self.fc1(y))).permute(0, 3, 1, 2)
+        return x + self.drop_path(self.gamma * y)
+
+
+class ConvNeXtLike(nn.Module):
+    """A 4x4 stride-4 patchify stem, LayerNorm2d, ConvNeXt blocks, a LayerNorm2d + 2x2 stride-2 downsample."""
+
+    def __init__(self, c: int = 8, num_classes: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 4, 4), LayerNorm2d(c))
+        self.stage1 = ConvNeXtBlock(c)
+        self.down = nn.Sequential(LayerNorm2d(c), nn.Conv2d(c, 2 * c, 2, 2))
+        self.stage2 = ConvNeXtBlock(2 * c)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.LayerNorm(2 * c), nn.Linear(2 * c, num_classes)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.stage2(self.down(self.stage1(self.stem(x)))))
+
+
 class Net(nn.Module):
     """A stem, ``body`` and a classifier head: ``Net(body, c)`` for a body that maps ``c`` to ``c`` channels."""
 

@@ -25,6 +25,7 @@ __all__ = [
     "Cat",
     "DimOp",
     "FirstStream",
+    "GuidedLayerNormCall",
     "Index",
     "PerStream",
     "Reshape",
@@ -37,7 +38,10 @@ __all__ = [
     "StreamDropout",
     "StreamFlatten",
     "StreamIndex",
+    "StreamLayerNorm",
+    "StreamLinear",
     "StreamReshape",
+    "guided_layer_norm",
 ]
 
 
@@ -379,6 +383,67 @@ class StreamConvTranspose2d(_PlainOnStreams, nn.ConvTranspose2d):
         return nn.functional.conv_transpose2d(
             x, self.weight, None, self.stride, self.padding, self.output_padding, self.groups, self.dilation
         )
+
+
+class StreamLinear(Foldable, nn.Linear):
+    """A linear layer on stream sets (ConvNeXt's channels-last MLP), kept plain: per stream, its bias split as
+    ``bias/S``. Only installed where its input is a stream set (a channels-last plain batch is also 4-D)."""
+
+    @classmethod
+    def from_module(cls, linear: nn.Linear) -> StreamLinear:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None).to(linear.weight)
+        new.load_state_dict(linear.state_dict())
+        return new.train(linear.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = nn.functional.linear(x, self.weight)
+        return y if self.bias is None else y + self.bias / x.shape[0]
+
+    def fold(self) -> nn.Module:
+        plain = nn.Linear(self.in_features, self.out_features, self.bias is not None).to(self.weight)
+        plain.load_state_dict(self.state_dict())
+        return plain
+
+
+def guided_layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """LayerNorm of a stream set guided by its aggregate ``A``: the statistics are ``A``'s, every stream gets
+    ``(x_s - mean/S) / sqrt(var + eps) * weight + bias/S``, so the streams sum to ``layer_norm(A)`` exactly."""
+    dims = tuple(range(-len(tuple(normalized_shape)), 0))
+    var, mean = torch.var_mean(x.sum(0), dim=dims, keepdim=True, unbiased=False)
+    y = (x - mean / x.shape[0]) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    return y if bias is None else y + bias / x.shape[0]
+
+
+class GuidedLayerNormCall(Foldable):
+    """``F.layer_norm(x, normalized_shape, weight, bias, eps)`` on a stream set (timm's LayerNorm2d traces to
+    it): :func:`guided_layer_norm`; folds to the plain call."""
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        return guided_layer_norm(x, *args, **kwargs)
+
+    def fold(self) -> nn.Module:
+        return Call(nn.functional.layer_norm)
+
+
+class StreamLayerNorm(Foldable, nn.LayerNorm):
+    """``nn.LayerNorm`` on stream sets (:func:`guided_layer_norm`); same parameters and state-dict keys as the
+    module it replaces, to which it folds."""
+
+    @classmethod
+    def from_module(cls, norm: nn.LayerNorm) -> StreamLayerNorm:
+        new = copy.deepcopy(norm)
+        new.__class__ = cls  # the same module, its forward stream-aware
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        return guided_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def fold(self) -> nn.Module:
+        plain = copy.deepcopy(self)
+        plain.__class__ = nn.LayerNorm
+        return plain
 
 
 class StreamConv2d(_PlainOnStreams, nn.Conv2d):

@@ -67,6 +67,8 @@ def classify(node: fx.Node, module: nn.Module | None) -> str:
             nn.UpsamplingNearest2d: "per_stream",
             nn.UpsamplingBilinear2d: "per_stream",
             nn.ConvTranspose2d: "conv_transpose",
+            nn.Linear: "linear",
+            nn.LayerNorm: "layer_norm",
             nn.AdaptiveAvgPool2d: "adaptive_avg",
             nn.Flatten: "flatten",
             nn.Dropout: "dropout",
@@ -136,6 +138,8 @@ def classify(node: fx.Node, module: nn.Module | None) -> str:
         return "maxpool"
     if target in (F.avg_pool2d, F.interpolate):
         return "per_stream"
+    if target is F.layer_norm:
+        return "layer_norm"
     if target is F.adaptive_avg_pool2d:
         return "adaptive_avg"
     if target in (F.dropout, F.dropout2d):

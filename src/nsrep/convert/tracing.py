@@ -39,6 +39,7 @@ from nsrep.convert.modes import ModeAwareTracer, drop_path_rate, frozen_training
 from nsrep.convert.ops import (
     Call,
     FirstStream,
+    GuidedLayerNormCall,
     PerStream,
     StreamArith,
     StreamBatchNorm2d,
@@ -49,6 +50,8 @@ from nsrep.convert.ops import (
     StreamDropout,
     StreamFlatten,
     StreamIndex,
+    StreamLayerNorm,
+    StreamLinear,
     StreamReshape,
 )
 from nsrep.convert.recognize import GUIDED_SET, classify, dim_op_name, guided_op, is_constant, is_global_size, node_arg
@@ -299,13 +302,15 @@ class _Rewriter(_GraphState):
             )
         bn_node = self.following_bn(node, conv)
         if bn_node is None and conv.bias is None and self.biasless_convs == "plain":
-            self.report.plain_convs.append(f"{node.target} (no bias, no BatchNorm after it)")
-            if isinstance(s, Streams):
-                self.set_module(node.target, StreamConv2d.from_module(conv))
-            return node, s
+            return self.keep_conv_plain(node, conv, s, "no bias, no BatchNorm after it")
         bn = self.module(bn_node) if bn_node is not None else None
         in_streams = s.count if isinstance(s, Streams) else 1
-        unit = build_unit(conv, bn, in_streams, self.config, self.init, node.target)
+        try:
+            unit = build_unit(conv, bn, in_streams, self.config, self.init, node.target)
+        except ValueError as err:
+            if all(k % 2 for k in conv.kernel_size):
+                raise
+            return self.keep_conv_plain(node, conv, s, f"{'x'.join(map(str, conv.kernel_size))} kernel: {err}")
         if isinstance(s, Plain):
             with self.graph.inserting_before(node):
                 x = self.graph.call_module("nsrep_entry", (x,))
@@ -325,6 +330,13 @@ class _Rewriter(_GraphState):
         )
         return node, Streams(unit.out_streams)
 
+    def keep_conv_plain(self, node: fx.Node, conv: nn.Conv2d, s: Plain | Streams, why: str):
+        """A conv that is not made a unit: as it is on a plain input, per stream (bias split) on a stream set."""
+        self.report.plain_convs.append(f"{node.target} ({why})")
+        if isinstance(s, Streams):
+            self.set_module(node.target, StreamConv2d.from_module(conv))
+        return node, s
+
     def following_bn(self, node: fx.Node, conv: nn.Conv2d) -> fx.Node | None:
         """The BatchNorm2d that is the conv's only user, applied once, on the conv output alone."""
         users = list(node.users)
@@ -343,6 +355,28 @@ class _Rewriter(_GraphState):
         self.set_module(node.target, StreamConvTranspose2d.from_module(conv))
         self.report.stream_ops.append(self.describe(node))
         return node, self.st(node.args[0])
+
+    def visit_linear(self, node: fx.Node, linear: nn.Linear):
+        """A linear layer on streams (a channels-last MLP) stays plain, per stream (bias counted once)."""
+        if not isinstance(self.st(node.args[0]), Streams) or len(node.args) != 1 or self.calls[node.target] != 1:
+            return self.visit_other(node, linear)
+        self.set_module(node.target, StreamLinear.from_module(linear))
+        self.report.stream_ops.append(self.describe(node))
+        return node, self.st(node.args[0])
+
+    def visit_layer_norm(self, node: fx.Node, norm: nn.LayerNorm | None):
+        """LayerNorm guided by the aggregate (statistics of the stream sum, applied to every stream)."""
+        x = node.args[0]
+        others = [v for v in node.all_input_nodes if v is not x]
+        if not isinstance(self.st(x), Streams) or any(not isinstance(self.st(v), Plain) for v in others):
+            return self.visit_other(node, norm)
+        self.report.guided.append(f"{self.describe(node)} (statistics of the aggregate)")
+        if norm is None:
+            return self.install(node, GuidedLayerNormCall(), node.args, node.kwargs), self.st(x)
+        if len(node.args) != 1 or node.kwargs or self.calls[node.target] != 1:
+            return self.visit_other(node, norm)
+        self.set_module(node.target, StreamLayerNorm.from_module(norm))
+        return node, self.st(x)
 
     def visit_bn(self, node: fx.Node, bn: nn.BatchNorm2d):
         if not (bn.affine and bn.track_running_stats) or node.kwargs or len(node.args) != 1:
