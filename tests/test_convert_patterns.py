@@ -225,3 +225,23 @@ def test_guided_layer_norm_sums_to_the_layer_norm_of_the_aggregate():
     weight, bias = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     expected = F.layer_norm(x.sum(0), (6,), weight, bias, 1e-6)
     torch.testing.assert_close(guided_layer_norm(x, (6,), weight, bias, 1e-6).sum(0), expected, rtol=1e-13, atol=1e-13)
+
+
+def test_detection_backbone_gives_detectors_an_ordered_dict_and_out_channels():
+    from nsrep.convert import DetectionBackbone
+
+    class TwoMaps(nn.Module):
+        def __init__(self, second: int) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(4, second, 3, 2, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return [y, self.b(y)]
+
+    x = _input()()
+    backbone = DetectionBackbone(nsrep.convert(TwoMaps(4).double()), example_input=x)
+    maps = backbone(x)
+    assert list(maps) == ["0", "1"] and backbone.out_channels == 4 and maps["1"].shape[1] == 4
+    with pytest.raises(ValueError, match=r"\[4, 6\] channels"):
+        DetectionBackbone(TwoMaps(6).double(), example_input=x)
