@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import copy
 import inspect
+from contextlib import contextmanager
 
 import torch
-from torch import Tensor, fx, nn
+from torch import fx, nn
 
 __all__ = ["ModeAwareTracer", "drop_path_rate", "frozen_training_flag", "norm_act_children", "reads_training"]
 
@@ -74,24 +75,21 @@ class ModeAwareTracer(fx.Tracer):
         return False
 
 
-def _probe_dtype(module: nn.Module) -> tuple[torch.dtype, torch.device]:
-    tensor = next(module.parameters(), None)
-    if tensor is None:
-        tensor = next(module.buffers(), None)
-    if tensor is None or not tensor.is_floating_point():
-        return torch.float64, torch.device("cpu")
-    return tensor.dtype, tensor.device
+def _probe_copy(module: nn.Module, training: bool) -> tuple[nn.Module, torch.dtype]:
+    """A CPU copy of ``module`` in the given mode (probes never touch the user's module or device), and the
+    floating dtype to probe it with."""
+    probe = copy.deepcopy(module).cpu().train(training)
+    tensor = next(iter(probe.state_dict().values()), None)
+    dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float64
+    return probe, dtype
 
 
-def _seeded(module: nn.Module, x: Tensor, then=()) -> Tensor:
-    """``module(x)`` (then each of ``then``) from the same random state every call."""
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(_PROBE_SEED)
-        y = module(x)
-        for step in then:
-            y = step(y)
-        return y
+@contextmanager
+def _seeded(seed: int = _PROBE_SEED):
+    """The same random state for every probe, the caller's own restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()
@@ -106,13 +104,17 @@ def norm_act_children(bn: nn.Module) -> list[str] | None:
     if not isinstance(bn, nn.BatchNorm2d) or not (bn.affine and bn.track_running_stats):
         return None
     names = [name for name, _ in bn.named_children()]
-    dtype, device = _probe_dtype(bn)
-    x = torch.randn(4, bn.num_features, 3, 3, dtype=dtype, device=device, generator=torch.Generator().manual_seed(0))
     for training in (True, False):
-        own, plain = copy.deepcopy(bn).train(training), copy.deepcopy(bn).train(training)
+        own, dtype = _probe_copy(bn, training)
+        plain, _ = _probe_copy(bn, training)
+        x = torch.randn(4, bn.num_features, 3, 3, generator=torch.Generator().manual_seed(0)).to(dtype)
         try:
-            y_own = _seeded(own, x)
-            y_plain = _seeded(lambda t, m=plain: nn.BatchNorm2d.forward(m, t), x, [getattr(plain, n) for n in names])
+            with _seeded():
+                y_own = own(x)
+            with _seeded():
+                y_plain = nn.BatchNorm2d.forward(plain, x)
+                for name in names:
+                    y_plain = getattr(plain, name)(y_plain)
         except Exception:  # a forward that does not take one 4-D batch is not BatchNorm-like
             return None
         states = zip(own.state_dict().values(), plain.state_dict().values(), strict=True)
@@ -130,17 +132,15 @@ def drop_path_rate(module: nn.Module) -> float | None:
     """
     if not reads_training(module):
         return None
-    dtype, device = _probe_dtype(module)
-    x = torch.rand(_DROP_PROBE_SAMPLES, 1, 1, 1, dtype=dtype, device=device) + 1.0
+    evaluated, dtype = _probe_copy(module, False)
+    trained, _ = _probe_copy(module, True)
+    x = torch.rand(_DROP_PROBE_SAMPLES, 1, 1, 1, generator=torch.Generator().manual_seed(0)).to(dtype) + 1.0
     try:
-        if not torch.equal(copy.deepcopy(module).eval()(x), x):
+        if not torch.equal(evaluated(x), x):
             return None
-        trained = copy.deepcopy(module).train()
         ratios = []
         for trial in range(_DROP_PROBE_TRIALS):
-            devices = [x.device] if x.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(_PROBE_SEED + trial)
+            with _seeded(_PROBE_SEED + trial):
                 ratios.append((trained(x) / x).flatten())
     except Exception:  # a forward that does not take a plain batch is not a drop-path
         return None
@@ -149,13 +149,24 @@ def drop_path_rate(module: nn.Module) -> float | None:
     if kept.numel() == 0:
         return 1.0
     scale = kept[0].item()
-    if not torch.allclose(kept, kept.new_tensor(scale), rtol=1e-12, atol=0):
+    if not torch.allclose(kept, kept.new_tensor(scale), rtol=1e-6, atol=0):
         return None
     if scale == 1.0:
         return 0.0 if kept.numel() == ratio.numel() else None  # dropping without rescaling: rate unknown
     if scale < 1.0 or not any(bool((r == 0).any() & (r != 0).any()) for r in ratios):
         return None
-    return round(1.0 - 1.0 / scale, 12)
+    return _shortest_rate(scale, dtype)
+
+
+def _shortest_rate(scale: float, dtype: torch.dtype) -> float:
+    """The rate with the fewest decimals whose ``1/(1 - rate)`` is ``scale`` in ``dtype`` (0.1, not the
+    0.10000002 that a float32 scale reads back as)."""
+    rate = 1.0 - 1.0 / scale
+    for digits in range(1, 17):
+        candidate = round(rate, digits)
+        if candidate < 1 and torch.tensor(1.0 / (1.0 - candidate), dtype=dtype).item() == scale:
+            return candidate
+    return rate
 
 
 def frozen_training_flag(node: fx.Node) -> bool:
