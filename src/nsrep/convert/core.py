@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from nsrep.convert.fallback import walk
 from nsrep.convert.report import Conversion
 from nsrep.convert.tracing import rewrite, trace
-from nsrep.convert.units import INITS
+from nsrep.convert.units import BIASLESS_CONVS, INITS
 from nsrep.nn.conv import DEFAULT_MAX_STREAMS, UnitConfig
 from nsrep.reparam import unwrap_model, verify_equivalence
 from nsrep.validation import check_choice
@@ -31,6 +31,7 @@ def convert(
     *,
     num_branches: int | None = None,
     max_streams: int = DEFAULT_MAX_STREAMS,
+    biasless_convs: str = "unit",
 ) -> nn.Module:
     """A branch-level copy of ``model``: every ``Conv2d`` (with the BatchNorm after it) a ``family`` unit.
 
@@ -42,6 +43,11 @@ def convert(
     same function as ``model`` in eval mode (conv and BN copied into each unit's k×k branch, every other
     branch starting at zero output), to fine-tune pretrained networks.
 
+    ``biasless_convs="plain"``: a conv with neither a bias nor a BatchNorm after it (DenseNet's) stays a plain
+    conv (per stream), listed in the report's ``plain_convs``, because the user's class has nowhere to hold its
+    unit's folded bias: :func:`nsrep.fold_into` then works. The default ``"unit"`` converts it too (for
+    :func:`nsrep.reparameterize`, which makes its own convs).
+
     When fx cannot trace ``model``, it falls back to module walking with ``block`` connectivity (a warning
     says so; see :mod:`nsrep.convert.fallback`). ``example_input``, if given, runs the converted model once
     in eval mode (errors surface here) and, with ``init="preserve"``, records its distance to ``model``.
@@ -51,6 +57,7 @@ def convert(
     :func:`nsrep.reparameterize` folds it in place of the graph.
     """
     check_choice("init", init, INITS)
+    check_choice("biasless_convs", biasless_convs, BIASLESS_CONVS)
     config = UnitConfig(family, connectivity, stochastic, pair_drop, num_branches, max_streams)
     source = unwrap_model(model)
     # Traced in eval mode: code outside torch.nn modules that branches on ``self.training`` (torchvision's
@@ -70,10 +77,10 @@ def convert(
                 f"with block connectivity instead of {connectivity!r}",
                 stacklevel=2,
             )
-        converted = walk(work, replace(config, connectivity="block"), init, report)
+        converted = walk(work, replace(config, connectivity="block"), init, report, biasless_convs)
     else:
         report = Conversion("fx", family, connectivity, init)
-        converted = rewrite(graph_module, config, init, report)
+        converted = rewrite(graph_module, config, init, report, biasless_convs)
     converted.train(source.training)
     if example_input is not None:
         if init == "preserve":

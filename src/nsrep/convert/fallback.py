@@ -68,7 +68,9 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent), name, module)
 
 
-def walk(model: nn.Module, config: UnitConfig, init: str, report: Conversion) -> nn.Module:
+def walk(
+    model: nn.Module, config: UnitConfig, init: str, report: Conversion, biasless_convs: str = "unit"
+) -> nn.Module:
     """Replace, in place, every ``Conv2d`` of ``model`` by a block unit (see the module docstring)."""
     seen = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     pairs: dict[str, str] = {}
@@ -79,6 +81,9 @@ def walk(model: nn.Module, config: UnitConfig, init: str, report: Conversion) ->
         if seen[id(conv)] > 1:
             raise ValueError(f"nsrep.convert cannot convert conv {path!r}: the same module sits at several places")
         bn_path = pairs.get(path)
+        if bn_path is None and conv.bias is None and biasless_convs == "plain":
+            report.plain_convs.append(f"{path} (no bias, no BatchNorm after it)")
+            continue
         bn = model.get_submodule(bn_path) if bn_path else None
         _set(model, path, build_unit(conv, bn, 1, config, init, path))
         if bn_path:

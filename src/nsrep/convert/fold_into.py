@@ -63,7 +63,8 @@ def fold_into(original: nn.Module, converted: nn.Module) -> nn.Module:
         elif conv.bias is None:
             raise ValueError(
                 f"cannot fold into {name}: conv {record.conv!r} has no bias (bias=False) and no BatchNorm after it "
-                "to hold its unit's folded bias; build that conv with bias=True"
+                "to hold its unit's folded bias; convert with biasless_convs='plain' to leave such convs plain, or "
+                "build that conv with bias=True"
             )
         else:
             conv.bias.copy_(bias)

@@ -23,15 +23,25 @@ __all__ = [
     "Arith",
     "Call",
     "Cat",
+    "DimOp",
+    "FirstStream",
+    "GuidedLayerNormCall",
+    "Index",
     "PerStream",
     "Reshape",
     "StreamArith",
     "StreamBatchNorm2d",
     "StreamCat",
+    "StreamConv2d",
     "StreamConvTranspose2d",
+    "StreamDimOp",
     "StreamDropout",
     "StreamFlatten",
+    "StreamIndex",
+    "StreamLayerNorm",
+    "StreamLinear",
     "StreamReshape",
+    "guided_layer_norm",
 ]
 
 
@@ -52,6 +62,16 @@ class Call(nn.Module):
 
     def extra_repr(self) -> str:
         return getattr(self.fn, "__name__", repr(self.fn))
+
+
+class FirstStream(Foldable):
+    """One stream of a stream set (``x[0]``, a free view), for shape queries; the identity once folded."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[0]
+
+    def fold(self) -> nn.Module:
+        return nn.Identity()
 
 
 class PerStream(Foldable):
@@ -196,6 +216,66 @@ class StreamReshape(Foldable):
         return Reshape()
 
 
+# Ops on the dims of a tensor (channel shuffle, CSP/ShuffleNet splits): the argument positions that are dims.
+DIM_OPS = {"transpose": (0, 1), "permute": None, "chunk": (1,), "split": (1,)}  # None: every argument
+
+
+class DimOp(nn.Module):
+    """Plain ``x.<op>(*args, **kwargs)`` (transpose, permute, chunk, split): the deploy form of
+    :class:`StreamDimOp`."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        if op not in DIM_OPS:
+            raise ValueError(f"op must be one of {sorted(DIM_OPS)}, got {op!r}")
+        self.op = op
+
+    def forward(self, x: Tensor, *args, **kwargs):
+        return getattr(x, self.op)(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return repr(self.op)
+
+
+class StreamDimOp(DimOp, Foldable):
+    """:class:`DimOp` on every stream: its dims (arguments, given at run time) are dims of one stream's tensor.
+
+    All four ops only move or cut data, so they are linear per stream; chunk and split return a tuple of stream
+    sets."""
+
+    def forward(self, x: Tensor, *args, **kwargs):
+        positions = DIM_OPS[self.op]
+        if self.op == "permute":
+            dims = args[0] if len(args) == 1 and isinstance(args[0], tuple | list) else args
+            args = ((0, *map(_shift, dims)),)
+        else:
+            args = tuple(_shift(a) if i in positions else a for i, a in enumerate(args))
+        if "dim" in kwargs:
+            kwargs = {**kwargs, "dim": _shift(kwargs["dim"])}
+        return super().forward(x, *args, **kwargs)
+
+    def fold(self) -> nn.Module:
+        return DimOp(self.op)
+
+
+class Index(nn.Module):
+    """Plain ``x[index]``: the deploy form of :class:`StreamIndex`."""
+
+    def forward(self, x: Tensor, index):
+        return x[index]
+
+
+class StreamIndex(Foldable):
+    """``x[index]`` of every stream (GhostNet's ``x[:, :c]``): the stream axis is prepended to the index."""
+
+    def forward(self, x: Tensor, index):
+        index = index if isinstance(index, tuple) else (index,)
+        return x[index] if index and index[0] is Ellipsis else x[(slice(None), *index)]
+
+    def fold(self) -> nn.Module:
+        return Index()
+
+
 class StreamDropout(Foldable):
     """Dropout with one mask shared by every stream (``channelwise``: one draw per (sample, channel), as
     ``Dropout2d``); ``on_streams=False`` is ordinary dropout of a plain batch.
@@ -241,6 +321,8 @@ class StreamBatchNorm2d(Foldable, nn.BatchNorm2d):
         if not (bn.affine and bn.track_running_stats):
             raise ValueError("only an affine BatchNorm2d with running statistics can act on stream sets")
         new = cls(bn.num_features, bn.eps, bn.momentum, device=bn.weight.device, dtype=bn.weight.dtype)
+        for name, child in bn.named_children():  # a norm-act layer's drop and act (see nsrep.convert.modes)
+            new.add_module(name, child)
         new.load_state_dict(bn.state_dict())
         return new.train(bn.training)
 
@@ -261,49 +343,132 @@ class StreamBatchNorm2d(Foldable, nn.BatchNorm2d):
         bn = nn.BatchNorm2d(
             self.num_features, self.eps, self.momentum, device=self.weight.device, dtype=self.weight.dtype
         )
+        for name, child in self.named_children():  # called by the graph at their own paths, folded here
+            bn.add_module(name, child.fold() if isinstance(child, Foldable) else copy.deepcopy(child))
         bn.load_state_dict(self.state_dict())
         return bn
 
 
-class StreamConvTranspose2d(Foldable, nn.ConvTranspose2d):
-    """A transposed conv (a U-Net's learned upsampling) on stream sets, kept plain: linear per stream, its bias
-    split as ``bias/S`` so that the aggregate receives it once. Same parameters and state-dict keys as the
-    ``nn.ConvTranspose2d`` it replaces, to which it folds; a 4-D batch is one plain batch."""
+class _PlainOnStreams(Foldable):
+    """A conv kept plain on stream sets: linear per stream, its bias split as ``bias/S`` so that the aggregate
+    receives it once. Mixed into subclasses of the torch conv it replaces (same parameters and state-dict keys),
+    to which it folds; a 4-D batch is one plain batch."""
+
+    plain: type[nn.Module]
 
     @classmethod
-    def from_module(cls, conv: nn.ConvTranspose2d) -> StreamConvTranspose2d:
-        return _copy_transposed_conv(conv, cls)
+    def from_module(cls, conv: nn.Module) -> nn.Module:
+        """The kept-plain version of ``conv`` (an instance of ``cls.plain``): same weights, device and mode."""
+        return _copy_conv(conv, cls)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:
             return super().forward(x)
-        y = self._conv_forward_no_bias(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        y = self.without_bias(x.flatten(0, 1)).unflatten(0, x.shape[:2])
         return y if self.bias is None else y + (self.bias / x.shape[0]).view(1, 1, -1, 1, 1)
 
-    def _conv_forward_no_bias(self, x: Tensor) -> Tensor:
+    def without_bias(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def fold(self) -> nn.Module:
+        return _copy_conv(self, self.plain)
+
+
+class StreamConvTranspose2d(_PlainOnStreams, nn.ConvTranspose2d):
+    """A transposed conv (a U-Net's learned upsampling) on stream sets, kept plain (see :class:`_PlainOnStreams`)."""
+
+    plain = nn.ConvTranspose2d
+
+    def without_bias(self, x: Tensor) -> Tensor:
         return nn.functional.conv_transpose2d(
             x, self.weight, None, self.stride, self.padding, self.output_padding, self.groups, self.dilation
         )
 
+
+class StreamLinear(Foldable, nn.Linear):
+    """A linear layer on stream sets (ConvNeXt's channels-last MLP), kept plain: per stream, its bias split as
+    ``bias/S``. Only installed where its input is a stream set (a channels-last plain batch is also 4-D)."""
+
+    @classmethod
+    def from_module(cls, linear: nn.Linear) -> StreamLinear:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None).to(linear.weight)
+        new.load_state_dict(linear.state_dict())
+        return new.train(linear.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = nn.functional.linear(x, self.weight)
+        return y if self.bias is None else y + self.bias / x.shape[0]
+
     def fold(self) -> nn.Module:
-        return _copy_transposed_conv(self, nn.ConvTranspose2d)
+        plain = nn.Linear(self.in_features, self.out_features, self.bias is not None).to(self.weight)
+        plain.load_state_dict(self.state_dict())
+        return plain
 
 
-def _copy_transposed_conv(conv: nn.ConvTranspose2d, cls: type[nn.ConvTranspose2d]) -> nn.ConvTranspose2d:
+def guided_layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """LayerNorm of a stream set guided by its aggregate ``A``: the statistics are ``A``'s, every stream gets
+    ``(x_s - mean/S) / sqrt(var + eps) * weight + bias/S``, so the streams sum to ``layer_norm(A)`` exactly."""
+    dims = tuple(range(-len(tuple(normalized_shape)), 0))
+    var, mean = torch.var_mean(x.sum(0), dim=dims, keepdim=True, unbiased=False)
+    y = (x - mean / x.shape[0]) * torch.rsqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    return y if bias is None else y + bias / x.shape[0]
+
+
+class GuidedLayerNormCall(Foldable):
+    """``F.layer_norm(x, normalized_shape, weight, bias, eps)`` on a stream set (timm's LayerNorm2d traces to
+    it): :func:`guided_layer_norm`; folds to the plain call."""
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        return guided_layer_norm(x, *args, **kwargs)
+
+    def fold(self) -> nn.Module:
+        return Call(nn.functional.layer_norm)
+
+
+class StreamLayerNorm(Foldable, nn.LayerNorm):
+    """``nn.LayerNorm`` on stream sets (:func:`guided_layer_norm`); same parameters and state-dict keys as the
+    module it replaces, to which it folds."""
+
+    @classmethod
+    def from_module(cls, norm: nn.LayerNorm) -> StreamLayerNorm:
+        new = copy.deepcopy(norm)
+        new.__class__ = cls  # the same module, its forward stream-aware
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        return guided_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def fold(self) -> nn.Module:
+        plain = copy.deepcopy(self)
+        plain.__class__ = nn.LayerNorm
+        return plain
+
+
+class StreamConv2d(_PlainOnStreams, nn.Conv2d):
+    """A conv kept plain on stream sets (``convert(..., biasless_convs="plain")``, see :class:`_PlainOnStreams`)."""
+
+    plain = nn.Conv2d
+
+    def without_bias(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight, None)
+
+
+def _copy_conv(conv: nn.Module, cls: type[nn.Module]) -> nn.Module:
     """A ``cls`` with ``conv``'s hyper-parameters, device, dtype, weights and train/eval mode."""
+    options = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    if isinstance(conv, nn.ConvTranspose2d):
+        options["output_padding"] = conv.output_padding
     new = cls(
         conv.in_channels,
         conv.out_channels,
         conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.output_padding,
-        conv.groups,
-        conv.bias is not None,
-        conv.dilation,
-        conv.padding_mode,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
         device=conv.weight.device,
         dtype=conv.weight.dtype,
+        **options,
     )
     new.load_state_dict(conv.state_dict())
     return new.train(conv.training)

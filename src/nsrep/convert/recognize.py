@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from nsrep.convert.modes import drop_path_rate
 from nsrep.nn.activations import ACTIVATIONS, activation_of_call, activation_of_module, guided_activation
 from nsrep.nn.guided import GuidedActivation
 
-__all__ = ["GUIDED_SET", "classify", "guided_op", "is_constant", "is_global_size", "node_arg"]
+__all__ = ["GUIDED_SET", "classify", "dim_op_name", "guided_op", "is_constant", "is_global_size", "node_arg"]
 
 GUIDED_SET = ", ".join(act.plain.__name__ for act in ACTIVATIONS.values()) + (
     " (Sigmoid/Hardsigmoid only as multiplicative gates)"
@@ -31,6 +32,13 @@ _CAT = {torch.cat, torch.concat, torch.concatenate}
 _SHAPE_METHODS = {"size", "dim"}
 _SHAPE_ATTRS = {"shape", "dtype", "device", "ndim"}
 _PASS_METHODS = {"contiguous", "clone"}
+_DIM_FUNCTIONS = {torch.transpose: "transpose", torch.permute: "permute", torch.chunk: "chunk", torch.split: "split"}
+_DIM_METHODS = {"transpose", "permute", "chunk", "split"}
+
+
+def dim_op_name(node: fx.Node) -> str:
+    """Which of transpose/permute/chunk/split a ``dim_op`` node calls."""
+    return node.target if node.op == "call_method" else _DIM_FUNCTIONS[node.target]
 
 
 def node_arg(node: fx.Node, index: int, name: str, default=None):
@@ -59,6 +67,8 @@ def classify(node: fx.Node, module: nn.Module | None) -> str:
             nn.UpsamplingNearest2d: "per_stream",
             nn.UpsamplingBilinear2d: "per_stream",
             nn.ConvTranspose2d: "conv_transpose",
+            nn.Linear: "linear",
+            nn.LayerNorm: "layer_norm",
             nn.AdaptiveAvgPool2d: "adaptive_avg",
             nn.Flatten: "flatten",
             nn.Dropout: "dropout",
@@ -69,7 +79,10 @@ def classify(node: fx.Node, module: nn.Module | None) -> str:
         }
         if activation_of_module(module) is not None:
             return "act"
-        return table.get(type(module), "other")
+        kind = table.get(type(module), "other")
+        if kind == "other" and drop_path_rate(module) is not None:
+            return "drop_path"
+        return kind
     target = node.target
     if node.op == "call_method":
         if activation_of_call(target, method=True) is not None:
@@ -94,6 +107,8 @@ def classify(node: fx.Node, module: nn.Module | None) -> str:
             return "shape"
         if target in _PASS_METHODS:
             return "pass"
+        if target in _DIM_METHODS:
+            return "dim_op"
         return "other"
     if activation_of_call(target, method=False) is not None:
         return "act"
@@ -109,6 +124,10 @@ def classify(node: fx.Node, module: nn.Module | None) -> str:
         return "div"
     if target in _CAT:
         return "cat"
+    if target in _DIM_FUNCTIONS:
+        return "dim_op"
+    if target is operator.getitem:
+        return "getitem"
     if target is torch.flatten:
         return "flatten"
     if target is torch.reshape:
@@ -119,6 +138,8 @@ def classify(node: fx.Node, module: nn.Module | None) -> str:
         return "maxpool"
     if target in (F.avg_pool2d, F.interpolate):
         return "per_stream"
+    if target is F.layer_norm:
+        return "layer_norm"
     if target is F.adaptive_avg_pool2d:
         return "adaptive_avg"
     if target in (F.dropout, F.dropout2d):

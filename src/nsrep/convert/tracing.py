@@ -28,7 +28,6 @@ Ops, given the states of their inputs (streams-first stream sets, docs/architect
 
 from __future__ import annotations
 
-import operator
 from collections import Counter
 from dataclasses import dataclass
 from typing import NoReturn
@@ -36,21 +35,30 @@ from typing import NoReturn
 import torch.nn.functional as F
 from torch import fx, nn
 
+from nsrep.convert.modes import ModeAwareTracer, drop_path_rate, frozen_training_flag, norm_act_children
 from nsrep.convert.ops import (
     Call,
+    FirstStream,
+    GuidedLayerNormCall,
     PerStream,
     StreamArith,
     StreamBatchNorm2d,
     StreamCat,
+    StreamConv2d,
     StreamConvTranspose2d,
+    StreamDimOp,
     StreamDropout,
     StreamFlatten,
+    StreamIndex,
+    StreamLayerNorm,
+    StreamLinear,
     StreamReshape,
 )
-from nsrep.convert.recognize import GUIDED_SET, classify, guided_op, is_constant, is_global_size, node_arg
+from nsrep.convert.recognize import GUIDED_SET, classify, dim_op_name, guided_op, is_constant, is_global_size, node_arg
 from nsrep.convert.report import Conversion, ConvertedConv
 from nsrep.convert.units import build_unit
 from nsrep.nn.conv import UnitConfig
+from nsrep.nn.drop_path import DropPath
 from nsrep.nn.guided import GuidedMaxPool2d
 from nsrep.nn.streams import StreamEntry, StreamSum
 
@@ -80,6 +88,13 @@ class Streams:
 
 
 @dataclass(frozen=True)
+class StreamTuple:
+    """A tuple of stream sets with ``count`` streams each (chunk, split): only indexing may take it."""
+
+    count: int
+
+
+@dataclass(frozen=True)
 class Merged:
     restriction: str | None  # None, "gate" or "forced"
     origin: str
@@ -93,14 +108,18 @@ class _GraphState:
     """What the rewrite knows of each graph value (plain, streams, merged) and the graph edits it makes:
     installing a module in a node's place, summing a stream set once, refusing with the op named."""
 
-    def __init__(self, gm: fx.GraphModule, config: UnitConfig, init: str, report: Conversion) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, config: UnitConfig, init: str, report: Conversion, biasless_convs: str = "unit"
+    ) -> None:
         self.gm, self.graph, self.config, self.init, self.report = gm, gm.graph, config, init, report
-        self.state: dict[fx.Node, Plain | Streams | Merged] = {}
+        self.biasless_convs = biasless_convs
+        self.state: dict[fx.Node, Plain | Streams | StreamTuple | Merged] = {}
         self.sums: dict[fx.Node, fx.Node] = {}
         self.erased: set[fx.Node] = set()
         self.calls = Counter(n.target for n in self.graph.nodes if n.op == "call_module")
         gm.add_submodule("nsrep_entry", StreamEntry())
         gm.add_submodule("nsrep_sum", StreamSum())
+        gm.add_submodule("nsrep_first", FirstStream())
 
     def module(self, node: fx.Node) -> nn.Module | None:
         return self.gm.get_submodule(node.target) if node.op == "call_module" else None
@@ -114,7 +133,7 @@ class _GraphState:
         where = f" in module {next(reversed(stack.values()))[0]!r}" if stack else ""
         return f"{kind} {name!r} (graph node {node.name!r}{where})"
 
-    def st(self, value) -> Plain | Streams | Merged:
+    def st(self, value) -> Plain | Streams | StreamTuple | Merged:
         return self.state[value] if isinstance(value, fx.Node) else PLAIN
 
     def combine(self, node: fx.Node) -> Plain | Merged:
@@ -142,13 +161,16 @@ class _GraphState:
             if isinstance(s, Merged) and s.restriction is not None:
                 self.refuse(node, s)
 
+    def set_module(self, path: str, module: nn.Module) -> None:
+        parent, _, name = path.rpartition(".")
+        setattr(self.gm.get_submodule(parent), name, module)
+
     def install(self, node: fx.Node, module: nn.Module, args: tuple, kwargs: dict | None = None) -> fx.Node:
         """Replace ``node`` by a call of ``module``: at the node's own module path when that module is called
         only here (names stay readable), else at ``nsrep_ops.<node>``."""
         if node.op == "call_module" and self.calls[node.target] == 1:
             path = node.target
-            parent, _, name = path.rpartition(".")
-            setattr(self.gm.get_submodule(parent), name, module)
+            self.set_module(path, module)
         else:
             path = f"nsrep_ops.{node.name}"
             self.gm.add_submodule(path, module)
@@ -178,6 +200,8 @@ class _Rewriter(_GraphState):
     outputs; nodes that see no stream set stay as they are."""
 
     def run(self) -> None:
+        self.refuse_frozen_training()
+        self.expand_norm_acts()
         for node in list(self.graph.nodes):
             if node in self.erased:
                 continue
@@ -189,7 +213,12 @@ class _Rewriter(_GraphState):
                 module = self.module(node)
                 kind = classify(node, module)
                 inputs = [self.st(v) for v in node.all_input_nodes]
-                if any(isinstance(s, Streams) for s in inputs) or kind == "conv" or kind == "dropout":
+                if any(isinstance(s, StreamTuple) for s in inputs) and kind != "getitem":
+                    raise ValueError(
+                        f"nsrep.convert cannot convert {self.describe(node)}: it takes a whole tuple of stream sets "
+                        "(from chunk or split); index the tuple first, or move the op after the last convolution"
+                    )
+                if any(isinstance(s, Streams | StreamTuple) for s in inputs) or kind in ("conv", "dropout"):
                     result = getattr(self, f"visit_{kind}")(node, module)
                 else:
                     result = (node, self.combine(node))
@@ -199,6 +228,55 @@ class _Rewriter(_GraphState):
         self.graph.lint()
         self.gm.delete_all_unused_submodules()
         self.gm.recompile()
+
+    def refuse_frozen_training(self) -> None:
+        """A function call that took ``training=False`` from ``self.training`` at trace time would keep its eval
+        behaviour in training: refused (dropout calls excepted: they become :class:`StreamDropout`)."""
+        for node in self.graph.nodes:
+            if frozen_training_flag(node) and classify(node, None) != "dropout":
+                raise ValueError(
+                    f"nsrep.convert cannot convert {self.describe(node)}: fx traced it with training=False (the "
+                    "value of self.training in eval mode, frozen into the graph), so the converted model would "
+                    "keep its eval behaviour in training. Call it through a torch.nn module (e.g. nn.BatchNorm2d) "
+                    "or a module of its own, which nsrep keeps whole so that it follows model.train()."
+                )
+
+    def expand_norm_acts(self) -> None:
+        """Each norm-act layer (:func:`nsrep.convert.modes.norm_act_children`) becomes a plain BatchNorm2d at its
+        own path (its children kept on it) and one call per child after it, so that the conv before it absorbs
+        the BN and its activation is guided like any other; state-dict keys stay the same."""
+        for node in list(self.graph.nodes):
+            module = self.module(node)
+            if module is None or type(module) is nn.BatchNorm2d or not isinstance(module, nn.BatchNorm2d):
+                continue
+            children = norm_act_children(module)
+            if children is None or self.calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
+                self.report.unconverted.append(
+                    f"{node.target} ({type(module).__name__}): a BatchNorm whose forward is not BatchNorm2d's "
+                    "followed by its children; kept whole (it follows train/eval), on the stream sum"
+                )
+                continue
+            plain = nn.BatchNorm2d(module.num_features, module.eps, module.momentum).to(module.weight)
+            plain.load_state_dict(module.state_dict(), strict=False)
+            for name, child in module.named_children():
+                plain.add_module(name, child)
+            self.set_module(node.target, plain.train(module.training))
+            last = node
+            users = list(node.users)
+            for name in children:
+                with self.graph.inserting_after(last):
+                    last = self.graph.call_module(f"{node.target}.{name}", (last,))
+                self.calls[last.target] += 1
+            for user in users:
+                user.replace_input_with(node, last)
+
+    def visit_drop_path(self, node: fx.Node, module: nn.Module):
+        """Drop-path on a stream set: one per-sample mask shared by every stream (:mod:`nsrep.nn.drop_path`)."""
+        if len(node.args) != 1 or node.kwargs or self.calls[node.target] != 1:
+            return self.visit_other(node, module)
+        self.set_module(node.target, DropPath(drop_path_rate(module), batch_dim=1).train(module.training))
+        self.report.stream_ops.append(self.describe(node))
+        return node, self.st(node.args[0])
 
     def visit_other(self, node: fx.Node, module: nn.Module | None):
         self.sum_inputs(node)
@@ -223,16 +301,27 @@ class _Rewriter(_GraphState):
                 "(shared weights); each conv position needs its own unit"
             )
         bn_node = self.following_bn(node, conv)
+        if bn_node is None and conv.bias is None and self.biasless_convs == "plain":
+            return self.keep_conv_plain(node, conv, s, "no bias, no BatchNorm after it")
         bn = self.module(bn_node) if bn_node is not None else None
         in_streams = s.count if isinstance(s, Streams) else 1
-        unit = build_unit(conv, bn, in_streams, self.config, self.init, node.target)
+        try:
+            unit = build_unit(conv, bn, in_streams, self.config, self.init, node.target)
+        except ValueError as err:
+            if all(k % 2 for k in conv.kernel_size):
+                raise
+            return self.keep_conv_plain(node, conv, s, f"{'x'.join(map(str, conv.kernel_size))} kernel: {err}")
         if isinstance(s, Plain):
             with self.graph.inserting_before(node):
                 x = self.graph.call_module("nsrep_entry", (x,))
-        parent, _, name = node.target.rpartition(".")
-        setattr(self.gm.get_submodule(parent), name, unit)
+        self.set_module(node.target, unit)
         node.args, node.kwargs = (x,), {}
         if bn_node is not None:
+            if next(self.module(bn_node).children(), None) is not None:  # a norm-act's drop and act stay called
+                holder = nn.Module()
+                for child_name, child in self.module(bn_node).named_children():
+                    holder.add_module(child_name, child)
+                self.set_module(bn_node.target, holder)
             bn_node.replace_all_uses_with(node)
             self.graph.erase_node(bn_node)
             self.erased.add(bn_node)
@@ -240,6 +329,13 @@ class _Rewriter(_GraphState):
             ConvertedConv(node.target, bn_node.target if bn_node else None, in_streams, unit.out_streams)
         )
         return node, Streams(unit.out_streams)
+
+    def keep_conv_plain(self, node: fx.Node, conv: nn.Conv2d, s: Plain | Streams, why: str):
+        """A conv that is not made a unit: as it is on a plain input, per stream (bias split) on a stream set."""
+        self.report.plain_convs.append(f"{node.target} ({why})")
+        if isinstance(s, Streams):
+            self.set_module(node.target, StreamConv2d.from_module(conv))
+        return node, s
 
     def following_bn(self, node: fx.Node, conv: nn.Conv2d) -> fx.Node | None:
         """The BatchNorm2d that is the conv's only user, applied once, on the conv output alone."""
@@ -256,17 +352,37 @@ class _Rewriter(_GraphState):
         """A transposed conv on streams stays plain, per stream (bias counted once); not a unit."""
         if len(node.args) != 1 or node.kwargs or conv.padding_mode != "zeros" or self.calls[node.target] != 1:
             return self.visit_other(node, conv)
-        parent, _, name = node.target.rpartition(".")
-        setattr(self.gm.get_submodule(parent), name, StreamConvTranspose2d.from_module(conv))
+        self.set_module(node.target, StreamConvTranspose2d.from_module(conv))
         self.report.stream_ops.append(self.describe(node))
         return node, self.st(node.args[0])
+
+    def visit_linear(self, node: fx.Node, linear: nn.Linear):
+        """A linear layer on streams (a channels-last MLP) stays plain, per stream (bias counted once)."""
+        if not isinstance(self.st(node.args[0]), Streams) or len(node.args) != 1 or self.calls[node.target] != 1:
+            return self.visit_other(node, linear)
+        self.set_module(node.target, StreamLinear.from_module(linear))
+        self.report.stream_ops.append(self.describe(node))
+        return node, self.st(node.args[0])
+
+    def visit_layer_norm(self, node: fx.Node, norm: nn.LayerNorm | None):
+        """LayerNorm guided by the aggregate (statistics of the stream sum, applied to every stream)."""
+        x = node.args[0]
+        others = [v for v in node.all_input_nodes if v is not x]
+        if not isinstance(self.st(x), Streams) or any(not isinstance(self.st(v), Plain) for v in others):
+            return self.visit_other(node, norm)
+        self.report.guided.append(f"{self.describe(node)} (statistics of the aggregate)")
+        if norm is None:
+            return self.install(node, GuidedLayerNormCall(), node.args, node.kwargs), self.st(x)
+        if len(node.args) != 1 or node.kwargs or self.calls[node.target] != 1:
+            return self.visit_other(node, norm)
+        self.set_module(node.target, StreamLayerNorm.from_module(norm))
+        return node, self.st(x)
 
     def visit_bn(self, node: fx.Node, bn: nn.BatchNorm2d):
         if not (bn.affine and bn.track_running_stats) or node.kwargs or len(node.args) != 1:
             return self.visit_other(node, bn)
         if not isinstance(bn, StreamBatchNorm2d):  # replaced at its own path: same state-dict keys
-            parent, _, name = node.target.rpartition(".")
-            setattr(self.gm.get_submodule(parent), name, StreamBatchNorm2d.from_bn(bn))
+            self.set_module(node.target, StreamBatchNorm2d.from_bn(bn))
         self.report.guided.append(f"BatchNorm2d {node.target!r} (statistics of the aggregate)")
         return node, self.st(node.args[0])
 
@@ -386,11 +502,41 @@ class _Rewriter(_GraphState):
         s = self.st(node.args[0])
         return self.install(node, StreamReshape(), node.args), s
 
+    def visit_dim_op(self, node: fx.Node, module):
+        """transpose, permute, chunk, split on stream sets: per stream, their dims moved past the stream axis."""
+        x = node.args[0]
+        s = self.st(x)
+        arguments = [self.st(v) for v in node.all_input_nodes if v is not x]
+        if not isinstance(s, Streams) or set(node.kwargs) - {"dim", "dims"} or arguments.count(PLAIN) != len(arguments):
+            return self.visit_other(node, module)
+        name = dim_op_name(node)
+        kwargs = dict(node.kwargs)
+        rest_args = (kwargs.pop("dims"),) if name == "permute" and "dims" in kwargs else tuple(node.args[1:])
+        self.report.stream_ops.append(self.describe(node))
+        new = self.install(node, StreamDimOp(name), (x, *rest_args), kwargs)
+        return new, StreamTuple(s.count) if name in ("chunk", "split") else s
+
+    def visit_getitem(self, node: fx.Node, module):
+        """An element of a chunk/split tuple, or an index of every stream (GhostNet's ``x[:, :c]``)."""
+        x, index = node.args
+        s = self.st(x)
+        index_nodes = [v for v in node.all_input_nodes if v is not x]
+        if any(not isinstance(self.st(v), Plain) for v in index_nodes):
+            return self.visit_other(node, module)
+        if isinstance(s, StreamTuple):
+            if isinstance(index, int):
+                return node, Streams(s.count)
+            if isinstance(index, slice) and is_constant((index.start, index.stop, index.step)):
+                return node, s
+            return self.visit_other(node, module)
+        self.report.stream_ops.append(self.describe(node))
+        return self.install(node, StreamIndex(), (x, index)), s
+
     def visit_shape(self, node: fx.Node, module):
         """Shape queries on a stream set answer for one stream (``x[0]``: a free view)."""
         x = node.args[0]
         with self.graph.inserting_before(node):
-            first = self.graph.call_function(operator.getitem, (x, 0))
+            first = self.graph.call_module("nsrep_first", (x,))
         node.replace_input_with(x, first)
         self.state[first] = PLAIN
         return node, PLAIN
@@ -414,13 +560,15 @@ class _Rewriter(_GraphState):
 
 def trace(model: nn.Module) -> ConvertedModel:
     """``model`` traced by fx as a graph module (sharing ``model``'s submodules); raises what fx raises."""
-    tracer = fx.Tracer()
+    tracer = ModeAwareTracer()
     graph = tracer.trace(model)
     return ConvertedModel(tracer.root, graph, f"{type(model).__name__}NS")
 
 
-def rewrite(gm: ConvertedModel, config: UnitConfig, init: str, report: Conversion) -> ConvertedModel:
+def rewrite(
+    gm: ConvertedModel, config: UnitConfig, init: str, report: Conversion, biasless_convs: str = "unit"
+) -> ConvertedModel:
     """Make the traced ``gm`` branch-level, in place; ``ValueError`` for what cannot be converted."""
     gm.nsrep_conversion = report
-    _Rewriter(gm, config, init, report).run()
+    _Rewriter(gm, config, init, report, biasless_convs).run()
     return gm

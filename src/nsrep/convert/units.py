@@ -9,9 +9,11 @@ from nsrep.models.common import init_weights
 from nsrep.nn.branches import ConvBN
 from nsrep.nn.conv import RepConv2d, UnitConfig
 
-__all__ = ["INITS", "build_unit", "identity_running_var", "set_identity_bn"]
+__all__ = ["BIASLESS_CONVS", "INITS", "build_unit", "identity_running_var", "set_identity_bn"]
 
 INITS = ("fresh", "preserve")
+# what convert does with a conv that has neither a bias nor a BatchNorm after it: a unit, or kept plain
+BIASLESS_CONVS = ("unit", "plain")
 
 
 def _padding(conv: nn.Conv2d, name: str) -> tuple[int, int]:
