@@ -35,5 +35,5 @@ def test_plain_maps_use_batch_dim_zero():
 def test_linear_rule_and_bad_rate():
     assert drop_path_rates(0.2, 5) == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
     assert drop_path_rates(0.1, 1) == [0.0]
-    with pytest.raises(ValueError, match="drop_path_rate must be in \\[0, 1\\), got 1.5"):
+    with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\), got 1.5"):
         DropPath(1.5)

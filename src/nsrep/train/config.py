@@ -25,7 +25,7 @@ from nsrep.nn.unit import UnitConfig
 from nsrep.train.data import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 from nsrep.train.distributed import DEVICES
 from nsrep.train.regularize import DECAY_MODES
-from nsrep.validation import check_choice
+from nsrep.validation import check_choice, check_probability
 
 __all__ = [
     "RECIPE_DIR",
@@ -58,6 +58,7 @@ class TrainConfig:
     stochastic: float = UnitConfig.stochastic
     pair_drop: float = UnitConfig.pair_drop
     num_branches: int | None = UnitConfig.num_branches
+    drop_path_rate: float = 0.0  # stochastic depth on residual branches (timm's name and linear rule over blocks)
     width_mult: float = 1.0
     stem: str = "cifar"
     stem_unit: bool = True
@@ -110,6 +111,7 @@ class TrainConfig:
         check_choice("bn_init", self.bn_init, BN_INITS)
         check_choice("weight_decay_mode", self.weight_decay_mode, DECAY_MODES)
         self.unit_config()  # checks the unit options
+        check_probability("drop_path_rate", self.drop_path_rate)
         for name in ("amp", "channels_last"):
             if getattr(self, name) not in AUTO_OR_BOOL:
                 raise ValueError(f"{name} must be auto, true or false, got {getattr(self, name)!r}")
@@ -162,6 +164,7 @@ class TrainConfig:
         return {
             "arch": self.arch,
             **{name: getattr(self, name) for name in _UNIT_FIELDS},
+            "drop_path_rate": self.drop_path_rate,
             "width_mult": self.width_mult,
             "stem": self.stem,
             "stem_unit": self.stem_unit,
