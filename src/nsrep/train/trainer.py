@@ -37,6 +37,8 @@ from nsrep.train.augment import BatchTransform, build_transform
 from nsrep.train.config import TrainConfig
 from nsrep.train.data import ImageData, describe, load_data
 from nsrep.train.folders import RunFolder
+from nsrep.train.lamb import build_lamb
+from nsrep.train.mixing import BatchMix, SoftTargetLoss
 from nsrep.train.regularize import equivalent_kernel_l2, unit_parameter_ids
 
 __all__ = [
@@ -101,18 +103,15 @@ def param_groups(
     return groups
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """The recipe's SGD (Nesterov when asked and momentum > 0) over :func:`param_groups`."""
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimiser over :func:`param_groups`: SGD (Nesterov when asked and momentum > 0) or LAMB."""
+    groups = param_groups(
+        model, config.weight_decay, config.decay_norm_and_bias, unit_parameter_ids(model, config.weight_decay_mode)
+    )
+    if config.optimizer == "lamb":
+        return build_lamb(groups, lr=config.lr)
     return torch.optim.SGD(
-        param_groups(
-            model,
-            config.weight_decay,
-            config.decay_norm_and_bias,
-            unit_parameter_ids(model, config.weight_decay_mode),
-        ),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov and config.momentum > 0,
+        groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0
     )
 
 
@@ -121,19 +120,27 @@ def train_transform(config: TrainConfig, data: ImageData) -> BatchTransform:
     return build_transform(
         config.augment or data.augment,
         train=True,
-        image_size=data.image_size,
+        image_size=config.train_image_size or data.image_size,
         mean=data.mean,
         std=data.std,
         crop_padding=config.crop_padding,
         hflip=config.hflip,
         autoaugment=config.autoaugment,
+        randaugment=config.randaugment,
     )
 
 
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int, config: TrainConfig, steps_per_epoch: int) -> float:
-    """Multiplier of ``config.lr`` at optimiser step ``step``: linear warm-up, then the schedule."""
+    """Multiplier of ``config.lr`` at optimiser step ``step``: linear warm-up, then the schedule.
+
+    The warm-up climbs per step from ``warmup_lr`` (step 0 runs at it; timm's ``warmup_lr``) or, without one,
+    from ``lr / warmup_steps``, reaching ``lr`` at the first step after it.
+    """
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        if config.warmup_lr is None:
+            return (step + 1) / warmup_steps
+        start = config.warmup_lr / config.lr
+        return start + (1.0 - start) * step / warmup_steps
     floor = config.min_lr / config.lr
     if config.schedule == "constant":
         return 1.0
@@ -399,6 +406,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     criterion: nn.Module
+    mix: BatchMix | None  # mixup/CutMix and soft targets; None: hard labels (today's cross-entropy)
     autocast: Any
     channels_last: bool
     steps_per_epoch: int
@@ -488,11 +496,29 @@ def _set_up(config: TrainConfig, env: distributed.DistEnv, folder: RunFolder | N
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16),
-        criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        criterion=_criterion(config),
+        mix=_batch_mix(config, data.num_classes),
         autocast=autocast,
         channels_last=channels_last,
         steps_per_epoch=steps_per_epoch,
     )
+
+
+def _soft_targets(config: TrainConfig) -> bool:
+    """Whether the run trains on soft targets (mixing or BCE); plain cross-entropy keeps the hard labels."""
+    return config.mixup > 0 or config.cutmix > 0 or config.loss != "cross-entropy"
+
+
+def _criterion(config: TrainConfig) -> nn.Module:
+    if _soft_targets(config):  # label smoothing is then in the targets (BatchMix)
+        return SoftTargetLoss(config.loss, config.bce_target_threshold)
+    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
+def _batch_mix(config: TrainConfig, num_classes: int) -> BatchMix | None:
+    if not _soft_targets(config):
+        return None
+    return BatchMix(num_classes, mixup=config.mixup, cutmix=config.cutmix, smoothing=config.label_smoothing)
 
 
 def _restore(run: _Run, checkpoint: dict[str, Any] | None) -> None:
@@ -550,12 +576,15 @@ def _train_one_epoch(run: _Run, epoch: int) -> _EpochTotals:
     for micro, images, labels in _micro_batches(run.train_loader, config.grad_accum):
         images, labels = _to_device(images, labels, env.device, run.channels_last)
         x = run.train_tf(images)
+        targets = labels
+        if run.mix is not None:
+            x, targets = run.mix(x, labels)
         last_micro = micro == config.grad_accum - 1
         sync = ddp.no_sync() if env.distributed and not last_micro else nullcontext()
         with sync:
             with run.autocast():
                 logits = ddp(x)
-                loss = run.criterion(logits.float(), labels)
+                loss = run.criterion(logits.float(), targets)
             # the equivalent-kernel decay is a loss term (SGD's decay is wd * w, i.e. wd/2 ||w||²);
             # metrics keep the data loss alone
             penalty = 0.5 * config.weight_decay * equivalent_kernel_l2(run.model) if decay_folded else 0.0
