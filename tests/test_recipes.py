@@ -210,11 +210,29 @@ def test_lamb_steps_with_the_authors_settings():
     optimizer = build_optimizer(model, TrainConfig(optimizer="lamb", lr=8e-3, weight_decay=0.01))
     assert type(optimizer).__name__ == "Lamb"
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]  # none on BN and biases
+    assert [g["adam"] for g in optimizer.param_groups] == [False, True]  # no trust ratio where not decayed
     before = [p.detach().clone() for p in model.parameters()]
     model(torch.randn(2, 3, 5, 5)).square().mean().backward()
     optimizer.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    assert all(math.isfinite(float(p.abs().max())) for p in model.parameters())
+    assert all(math.isfinite(float(p.detach().abs().max())) for p in model.parameters())
+
+
+def test_lamb_step_is_timms_arithmetic():
+    """One step on one decayed tensor, written out: clip the global gradient norm to 1, Adam direction (first
+    step, no bias correction) plus decay, times the unclamped trust ratio |w| / |update|."""
+    pytest.importorskip("pytorch_optimizer", reason="the recipes extra")
+    from nsrep.train.lamb import build_lamb
+
+    w = nn.Parameter(torch.full((4, 4), 5.0, dtype=torch.float64))  # |w| = 20 > 10: pytorch-optimizer's clamp
+    grad = torch.arange(16, dtype=torch.float64).view(4, 4) - 7.5
+    w.grad = grad.clone()
+    build_lamb([{"params": [w], "weight_decay": 0.01}], lr=0.1).step()
+    g = grad / max(float(grad.norm()) / 1.0, 1.0)
+    m, v = 0.1 * g, 0.001 * g * g
+    update = m / (v.sqrt() + 1e-6) + 0.01 * torch.full((4, 4), 5.0, dtype=torch.float64)
+    trust = 20.0 / (float(update.norm()) + 1e-6)
+    torch.testing.assert_close(w.detach(), torch.full((4, 4), 5.0, dtype=torch.float64) - 0.1 * trust * update)
 
 
 @pytest.mark.parametrize(
@@ -235,3 +253,52 @@ def test_cli_trains_two_steps_with_the_authors_recipe(recipe, sizes, tmp_path):
     assert main(argv) == 0
     metrics = [json.loads(line) for line in (tmp_path / recipe / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and math.isfinite(metrics[0]["train_loss"])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lamb"])
+def test_a_run_with_the_imagenet_regularisers_resumes_bit_for_bit(optimizer, tmp_path):
+    """Stopped after epoch 1 and resumed, a run with mixup/CutMix, BCE, RandAugment, drop-path and the
+    warm-up from warmup_lr ends with the same weights and metrics as the uninterrupted run."""
+    if optimizer == "lamb":
+        pytest.importorskip("pytorch_optimizer", reason="the recipes extra")
+    from nsrep.train.checkpoint import load_checkpoint
+    from nsrep.train.trainer import train
+
+    config = TrainConfig.from_dict(
+        {
+            "data": "synthetic",
+            "width_mult": 0.125,
+            "family": "dbb",
+            "connectivity": "ns",
+            "epochs": 2,
+            "batch_size": 32,
+            "eval_batch_size": 64,
+            "train_subset": 64,
+            "workers": 0,
+            "progress": False,
+            "optimizer": optimizer,
+            "lr": 0.02,
+            "warmup_epochs": 1,
+            "warmup_lr": 1e-3,
+            "image_size": 16,
+            "train_image_size": 12,
+            "augment": "random-resized-crop",
+            "randaugment": 6,
+            "mixup": 0.1,
+            "cutmix": 1.0,
+            "loss": "bce",
+            "bce_target_threshold": 0.2,
+            "label_smoothing": 0.0,
+            "drop_path_rate": 0.2,
+            "pair_drop": 0.05,
+        }
+    )
+    whole = train(config, tmp_path / "whole")
+    train(config, tmp_path / "split", stop_after=1)
+    rest = train(config, tmp_path / "split", resume=True)
+    a, b = load_checkpoint(tmp_path / "whole")["model"], load_checkpoint(tmp_path / "split")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert whole.deployed_digests == rest.deployed_digests
+    keep = ("train_loss", "test_top1", "lr")
+    assert [{k: m[k] for k in keep} for m in whole.metrics] == [{k: m[k] for k in keep} for m in rest.metrics]
+    assert whole.max_rel_logit_diff < 1e-4  # the deployed form (drop-path folded away) is the trained one
