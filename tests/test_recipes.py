@@ -302,3 +302,16 @@ def test_a_run_with_the_imagenet_regularisers_resumes_bit_for_bit(optimizer, tmp
     keep = ("train_loss", "test_top1", "lr")
     assert [{k: m[k] for k in keep} for m in whole.metrics] == [{k: m[k] for k in keep} for m in rest.metrics]
     assert whole.max_rel_logit_diff < 1e-4  # the deployed form (drop-path folded away) is the trained one
+
+
+def test_eval_crop_pct_sets_the_image_folders_resize_side(tmp_path):
+    from nsrep.train.data import load_data
+    from test_data import write_image_folder
+
+    write_image_folder(tmp_path)
+    config = TrainConfig(data=str(tmp_path), image_size=19, eval_crop_pct=0.95)
+    data = load_data(config.data, **config.data_kwargs())
+    assert data.test.resize_size == round(19 / 0.95) == 20 and data.test.item_size == 19
+    assert data.train.item_size == 20  # the training crops are cut on the device from items at that side
+    with pytest.raises(ValueError, match=r"crop_pct must be a number in \(0, 1\], got 0"):
+        load_data(str(tmp_path), image_size=19, crop_pct=0)
