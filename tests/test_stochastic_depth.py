@@ -47,7 +47,7 @@ def test_record_keeps_the_rate_and_the_deployed_form_has_no_drop_path():
     plain.load_state_dict(deployed.state_dict(), strict=True)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("arch", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])  # bottleneck: slow
 @pytest.mark.parametrize("family,connectivity", [("dbb", "ns"), ("ns", "ns"), ("acnet", "block")])
 def test_folds_exactly_after_training_with_drop_path(arch, family, connectivity):
     model = nsrep.create_model(arch, family=family, connectivity=connectivity, drop_path_rate=0.3, **TINY).double()
