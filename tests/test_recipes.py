@@ -14,6 +14,7 @@ from torch import nn
 from nsrep.cli import main
 from nsrep.train.augment import build_transform
 from nsrep.train.config import TrainConfig, load_recipe
+from nsrep.train.data import load_data
 from nsrep.train.mixing import BatchMix, SoftTargetLoss, one_hot_targets
 from nsrep.train.trainer import build_optimizer, lr_factor
 
@@ -315,3 +316,17 @@ def test_eval_crop_pct_sets_the_image_folders_resize_side(tmp_path):
     assert data.train.item_size == 20  # the training crops are cut on the device from items at that side
     with pytest.raises(ValueError, match=r"crop_pct must be a number in \(0, 1\], got 0"):
         load_data(str(tmp_path), image_size=19, crop_pct=0)
+
+
+def test_eval_of_a_run_uses_its_crop_pct(tmp_path):
+    """A run's preprocess record keeps an image folder's crop_pct, so `nsrep eval` resizes as the run tested."""
+    from nsrep.train.runs import eval_split
+    from nsrep.train.trainer import _data_meta
+    from test_data import write_image_folder
+
+    write_image_folder(tmp_path)
+    config = TrainConfig(data=str(tmp_path), image_size=19, eval_crop_pct=0.95)
+    meta = _data_meta(load_data(config.data, **config.data_kwargs()), config.data, config.eval_crop_pct)
+    assert meta["crop_pct"] == 0.95
+    images, _, _ = eval_split(str(tmp_path), meta, batch_size=4, run="run")
+    assert images.test.resize_size == 20 and images.image_size == 19

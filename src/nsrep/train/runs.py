@@ -68,7 +68,8 @@ def eval_split(
     ``meta`` is what the run recorded of its data (``preprocess.json``); data whose classes or channels do
     not fit the run is refused, naming ``run``.
     """
-    split = {key: meta[key] for key in ("val_fraction", "split_seed") if key in meta}  # the run's held-out split
+    # the run's held-out split and an image folder's evaluation resize
+    split = {key: meta[key] for key in ("val_fraction", "split_seed", "crop_pct") if key in meta}
     images = load_data(source, **split)
     _check_data_fits(images, meta, run)
     size = meta.get("input_size")

@@ -663,7 +663,7 @@ def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
             {
                 "config": config.to_dict(),
                 "model_record": ModelRecord.of(model).to_dict(),
-                "data": _data_meta(run.data, config.data),
+                "data": _data_meta(run.data, config.data, config.eval_crop_pct),
                 "epoch": epoch + 1,
                 "model": model.state_dict(),
                 "optimizer": run.optimizer.state_dict(),
@@ -681,7 +681,7 @@ def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
                 run.writer.add_scalar(key, value, epoch + 1)
 
 
-def _data_meta(data: ImageData, source: str) -> dict[str, Any]:
+def _data_meta(data: ImageData, source: str, crop_pct: float) -> dict[str, Any]:
     """What a deployed model's user needs to feed it (saved as ``preprocess.json``), and where its data was."""
     return {
         "data": data.name,
@@ -693,6 +693,8 @@ def _data_meta(data: ImageData, source: str) -> dict[str, Any]:
         "std": list(data.std),
         "class_names": list(data.class_names),
         **({"val_fraction": data.val_fraction, "split_seed": data.split_seed} if data.held_out else {}),
+        # an image folder's evaluation resize (image_size / crop_pct), so `nsrep eval` tests as the run did
+        **({"crop_pct": crop_pct} if data.name == "imagefolder" else {}),
     }
 
 
@@ -724,7 +726,7 @@ def _finish(run: _Run, last_epoch: int) -> TrainResult:
     if len(set(result.deployed_digests)) != 1:
         raise RuntimeError(f"ranks folded different deployed weights: {result.deployed_digests}")
     if env.is_main and run.folder is not None:
-        run.folder.deploy.write(result.deployed, preprocess=_data_meta(run.data, config.data))
+        run.folder.deploy.write(result.deployed, preprocess=_data_meta(run.data, config.data, config.eval_crop_pct))
         summary = {
             "train_form": asdict(train_form),
             "deployed_form": asdict(deployed_form),
