@@ -254,6 +254,9 @@ def test_cli_trains_two_steps_with_the_authors_recipe(recipe, sizes, tmp_path):
     assert main(argv) == 0
     metrics = [json.loads(line) for line in (tmp_path / recipe / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and math.isfinite(metrics[0]["train_loss"])
+    from nsrep.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / recipe)["scheduler"]["last_epoch"] == 2  # two optimiser steps
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "lamb"])
