@@ -27,14 +27,21 @@ AUTOAUGMENT_POLICIES = ("cifar10", "imagenet", "svhn")  # kornia.augmentation.au
 AUTOAUGMENT_CHUNK = 8
 
 
+# timm's RandAugment magnitudes run 0..10 (``rand-m6``), kornia's 0..30: the same share of each op's range.
+KORNIA_PER_TIMM_MAGNITUDE = 3
+RANDAUGMENT_OPS = 2  # timm's default number of ops per image (the authors' ``rand-m6-mstd0.5-inc1`` keeps it)
+
+
 class _ChunkedAutoAugment(nn.Module):
-    """kornia AutoAugment applied chunk by chunk, so each chunk of the batch draws its own sub-policy."""
+    """A kornia auto-augment policy applied chunk by chunk, so each chunk of the batch draws its own choice."""
 
-    def __init__(self, policy: str, chunk: int = AUTOAUGMENT_CHUNK) -> None:
+    def __init__(self, policy: str | nn.Module, chunk: int = AUTOAUGMENT_CHUNK) -> None:
         super().__init__()
-        from kornia.augmentation.auto import AutoAugment
+        if isinstance(policy, str):
+            from kornia.augmentation.auto import AutoAugment
 
-        self.policy = AutoAugment(policy)
+            policy = AutoAugment(policy)
+        self.policy = policy
         self.chunk = chunk
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +108,7 @@ def build_transform(
     crop_padding: int = 4,
     hflip: bool = True,
     autoaugment: str | None = None,
+    randaugment: int | None = None,
     scale: tuple[float, float] = (0.08, 1.0),
 ) -> BatchTransform:
     """Build the batch transform for ``kind`` (see AUGMENTATIONS); with ``train=False`` only convert and normalise.
@@ -108,7 +116,9 @@ def build_transform(
     Train "pad-crop": zero-pad ``crop_padding`` and crop ``image_size`` at random (the CIFAR recipe); train
     "random-resized-crop": a random crop of area ``scale`` and aspect 3/4..4/3 resized to ``image_size`` (the
     ImageNet recipe). Both then flip horizontally at random (``hflip``) and apply ``autoaugment`` (an
-    AUTOAUGMENT_POLICIES name, 3 channels only) on [0, 1] images before the normalisation ``(x - mean) / std``.
+    AUTOAUGMENT_POLICIES name, 3 channels only) or RandAugment of magnitude ``randaugment`` (timm's 0-10 scale,
+    :data:`RANDAUGMENT_OPS` ops from kornia's default list, one draw per chunk of :data:`AUTOAUGMENT_CHUNK` images)
+    on [0, 1] images before the normalisation ``(x - mean) / std``.
     Eval: centre crop to ``image_size`` when the input is larger, then normalise.
     """
     check_choice("augmentation", kind, AUGMENTATIONS)
@@ -118,6 +128,12 @@ def build_transform(
         raise ValueError(f"mean and std need one value per channel, got mean={tuple(mean)} std={tuple(std)}")
     if any(s <= 0 for s in std):
         raise ValueError(f"std must be positive, got {tuple(std)}")
+    if autoaugment is not None and randaugment is not None:
+        raise ValueError(f"choose AutoAugment ({autoaugment!r}) or RandAugment (magnitude {randaugment}), not both")
+    if randaugment is not None and not 0 < randaugment < 10:
+        raise ValueError(f"randaugment magnitude must be in (0, 10) (timm's scale), got {randaugment!r}")
+    if randaugment is not None and len(mean) != 3:
+        raise ValueError(f"RandAugment needs 3-channel images; these have {len(mean)} channels")
     if autoaugment is not None and len(mean) != 3:
         raise ValueError(f"AutoAugment ({autoaugment!r}) needs 3-channel images; these have {len(mean)} channels")
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
@@ -142,4 +158,8 @@ def build_transform(
         steps.append(K.RandomHorizontalFlip())
     if autoaugment is not None:
         steps.append(_ChunkedAutoAugment(autoaugment))
+    if randaugment is not None:
+        from kornia.augmentation.auto import RandAugment
+
+        steps.append(_ChunkedAutoAugment(RandAugment(n=RANDAUGMENT_OPS, m=randaugment * KORNIA_PER_TIMM_MAGNITUDE)))
     return BatchTransform(nn.Sequential(*steps), mean=mean, std=std, image_size=image_size, train=True)

@@ -76,6 +76,7 @@ DEFAULT_VAL_FRACTION, DEFAULT_SPLIT_SEED = 0.1, 0
 SMALL_IMAGE_MAX = 64
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DEFAULT_IMAGENET_SIZE = 224
+DEFAULT_CROP_PCT = 224 / 256  # evaluation: resize the shorter side to 256, centre-crop 224 (torchvision's)
 
 _CIFAR_LAYOUTS = {
     "cifar10": "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the CIFAR-10 python version)",
@@ -151,6 +152,7 @@ def load_data(
     split_seed: int = DEFAULT_SPLIT_SEED,
     train_subset: int | None = None,
     train_item_size: int | None = None,
+    crop_pct: float = DEFAULT_CROP_PCT,
     cache: bool = True,
     hold_out: bool = True,
 ) -> ImageData:
@@ -165,13 +167,16 @@ def load_data(
     ``split_seed``, as the test split. ``train_subset`` keeps that many training images (stratified, seeded by
     ``split_seed``; the test split is untouched). ``train_item_size`` sets the side of an image folder's train
     items (default: the resize side, for a random-resized crop on the device; pass ``image_size`` for a
-    pad-and-crop recipe). ``cache`` decodes folders of small images once (see nsrep.data.imagecache).
-    ``hold_out=False`` opens a folder without ``val/`` for evaluation: every image is in the test split and the
-    train split is empty.
+    pad-and-crop recipe). ``crop_pct`` is the share of the resized side an image folder's evaluation crop keeps
+    (resize the shorter side to ``image_size / crop_pct``). ``cache`` decodes folders of small images once (see
+    nsrep.data.imagecache). ``hold_out=False`` opens a folder without ``val/`` for evaluation: every image is in
+    the test split and the train split is empty.
     """
     if not isinstance(val_fraction, int | float) or isinstance(val_fraction, bool) or not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
-    split = _ImageFolderSplit(val_fraction, split_seed, train_item_size, cache, hold_out)
+    if not isinstance(crop_pct, int | float) or isinstance(crop_pct, bool) or not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be a number in (0, 1], got {crop_pct!r}")
+    split = _ImageFolderSplit(val_fraction, split_seed, train_item_size, cache, hold_out, crop_pct)
     data = _open(source, image_size, verify, checksums, synthetic, split)
     if train_subset is not None:
         data = _with_train_subset(data, train_subset, split_seed)
@@ -394,6 +399,7 @@ class _ImageFolderSplit:
     train_item_size: int | None
     cache: bool
     hold_out: bool = True  # False: a folder without val/ is all test images (opened for evaluation)
+    crop_pct: float = DEFAULT_CROP_PCT
 
 
 def _load_image_folder(
@@ -401,9 +407,10 @@ def _load_image_folder(
 ) -> ImageData:
     """Index an ImageNet-style folder: train items are square at the resize side, val items at ``image_size``.
 
-    Batched augmentation needs one item size, so a train image is resized (shorter side ``round(image_size *
-    256 / 224)``) and centre-cropped to that square; the random-resized crop to ``image_size`` then runs on the
-    device (``split.train_item_size`` replaces that side, e.g. ``image_size`` for a pad-and-crop recipe). Val
+    Batched augmentation needs one item size, so a train image is resized (shorter side ``round(image_size /
+    split.crop_pct)``, 256 for 224 by default) and centre-cropped to that square; the random-resized crop then
+    runs on the device (``split.train_item_size`` replaces that side, e.g. ``image_size`` for a pad-and-crop
+    recipe). Val
     images get the standard evaluation: the same resize, then a centre crop of ``image_size``. Without a val/
     folder (or when ``train_dir`` is given) a stratified share of the train images is held out instead.
     """
@@ -412,7 +419,7 @@ def _load_image_folder(
     item = split.train_item_size
     if item is not None and (not isinstance(item, int) or isinstance(item, bool) or item < image_size):
         raise ValueError(f"train_item_size must be an int >= image_size ({image_size}), got {item!r}")
-    resize_size = round(image_size * 256 / 224)
+    resize_size = round(image_size / split.crop_pct)
     train_item = resize_size if item is None else item
     if train_dir is None:
         if not (root / "train").is_dir():

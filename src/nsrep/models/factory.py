@@ -10,6 +10,7 @@ from torch import nn
 
 from nsrep.nn.activations import guided_activation, plain_activation
 from nsrep.nn.conv import UnitConfig, make_deploy_conv
+from nsrep.nn.drop_path import DropPath
 from nsrep.nn.geometry import ConvGeometry
 from nsrep.nn.guided import GuidedMaxPool2d
 from nsrep.nn.qa import conv_unit_class
@@ -68,6 +69,11 @@ class LayerFactory:
     def add(self, a_streams: int, b_streams: int) -> nn.Module:
         """Residual add of a main path with ``a_streams`` and a shortcut with ``b_streams`` streams."""
         return Add() if self.deploy else StreamAdd(a_streams, b_streams, self.unit.max_streams)
+
+    def drop_path(self, rate: float) -> nn.Module:
+        """Stochastic depth on a residual branch's stream set (one mask per sample, shared by every stream);
+        the identity when deployed or at rate 0."""
+        return nn.Identity() if self.deploy or rate == 0.0 else DropPath(rate, batch_dim=1)
 
     def entry(self) -> nn.Module:
         """Image batch -> one-stream set (identity when deployed)."""

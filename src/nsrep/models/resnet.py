@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from nsrep.models.common import STEMS, Stem, check_memory, init_weights, run_blocks, scale_channels
 from nsrep.models.factory import LayerFactory
 from nsrep.models.features import Backbone, FeatureLevel
+from nsrep.nn.drop_path import drop_path_rates
 from nsrep.nn.streams import streams_out
 from nsrep.validation import check_choice
 
@@ -33,6 +34,7 @@ class BasicBlock(nn.Module):
         streams: int,
         groups: int,
         base_width: int,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
@@ -41,6 +43,7 @@ class BasicBlock(nn.Module):
         self.act1 = layers.act()
         s = streams_out(self.conv1, streams)
         self.conv2 = layers.conv(planes, planes, 3, streams=s)
+        self.drop_path = layers.drop_path(drop_path_rate)
         self.shortcut = _shortcut(layers, in_ch, planes, stride, streams)
         self.add = layers.add(streams_out(self.conv2, s), streams_out(self.shortcut, streams))
         self.act2 = layers.act()
@@ -48,7 +51,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv2(self.act1(self.conv1(x)))
-        return self.act2(self.add(out, self.shortcut(x)))
+        return self.act2(self.add(self.drop_path(out), self.shortcut(x)))
 
 
 class Bottleneck(nn.Module):
@@ -64,6 +67,7 @@ class Bottleneck(nn.Module):
         streams: int,
         groups: int,
         base_width: int,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
@@ -77,6 +81,7 @@ class Bottleneck(nn.Module):
         self.act2 = layers.act()
         s = streams_out(self.conv2, s)
         self.conv3 = layers.conv(width, out_ch, 1, streams=s)
+        self.drop_path = layers.drop_path(drop_path_rate)
         self.shortcut = _shortcut(layers, in_ch, out_ch, stride, streams)
         self.add = layers.add(streams_out(self.conv3, s), streams_out(self.shortcut, streams))
         self.act3 = layers.act()
@@ -84,7 +89,7 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
-        return self.act3(self.add(out, self.shortcut(x)))
+        return self.act3(self.add(self.drop_path(out), self.shortcut(x)))
 
 
 def _shortcut(layers: LayerFactory, in_ch: int, out_ch: int, stride: int, streams: int) -> nn.Module:
@@ -109,6 +114,10 @@ class ResNet(Backbone):
     """ResNet-18/34/50/101 and ResNeXt; ``stem_unit=False`` keeps the stem a plain conv+BN; ``memory``
     ("default" or "checkpoint") trades compute for activation memory per residual block.
 
+    ``drop_path_rate`` is stochastic depth on every residual branch, timm's linear rule over all blocks of the
+    full network (block i of n drops with ``rate * i / (n - 1)``), so a ``features_only`` trunk drops as the
+    whole network does; off in eval, so folding is unchanged.
+
     ``features_only=True`` drops the head and returns the maps of the levels in ``out_indices`` (default all):
     level 0 is the stem before its max-pool, levels 1-4 the four stages (see :attr:`feature_info`); stages past
     the last chosen level are not built.
@@ -128,6 +137,7 @@ class ResNet(Backbone):
         groups: int = 1,
         width_per_group: int = 64,
         memory: str = "default",
+        drop_path_rate: float = 0.0,
         features_only: bool = False,
         out_indices: Sequence[int] | None = None,
     ) -> None:
@@ -148,12 +158,13 @@ class ResNet(Backbone):
         ]
         indices = self._choose_levels(levels, out_indices, features_only)
         num_stages = indices[-1] if features_only else len(widths)
+        rates = iter(drop_path_rates(drop_path_rate, sum(depths)))
         stages = []
         for i, (planes, depth) in enumerate(zip(widths[:num_stages], depths, strict=False)):
             blocks = []
             for j in range(depth):
                 stride = 2 if i > 0 and j == 0 else 1
-                blk = block(layers, in_ch, planes, stride, streams, groups, width_per_group)
+                blk = block(layers, in_ch, planes, stride, streams, groups, width_per_group, next(rates))
                 blocks.append(blk)
                 streams, in_ch = blk.out_streams, planes * block.expansion
             stages.append(Stage(*blocks, memory=memory))

@@ -9,7 +9,8 @@ Every command that needs a run's data (``eval``, ``analyze``, ``quantize``, ``de
   ``synthetic`` are their own source), ``val_fraction``/``split_seed`` are present only for a held-out split.
 - version 2: ``{"data_record_version": 2, "source", "kind", "split": null | {"val_fraction", "split_seed"},
   "num_classes", "in_chans", "input_size", "mean", "std", "class_names"}``. The keys a deployed model's user
-  feeds it by (``input_size``, ``in_chans``, ``mean``, ``std``, ``class_names``) keep their names.
+  feeds it by (``input_size``, ``in_chans``, ``mean``, ``std``, ``class_names``) keep their names; ``crop_pct``
+  (an image folder's evaluation resize, ``image_size / crop_pct``) is null for other kinds and may be absent.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class DataRecord:
     std: tuple[float, ...] | None = None
     class_names: tuple[str, ...] | None = None
     split: HeldOut | None = None  # None: the source's own test split
+    crop_pct: float | None = None  # image folders: the evaluation crop's share of the resized side
 
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in DATA_KINDS:
@@ -80,6 +82,7 @@ class DataRecord:
             "mean": None if self.mean is None else list(self.mean),
             "std": None if self.std is None else list(self.std),
             "class_names": None if self.class_names is None else list(self.class_names),
+            "crop_pct": self.crop_pct,
         }
 
     def split_keywords(self) -> dict[str, Any]:
@@ -87,6 +90,10 @@ class DataRecord:
         if self.split is None:
             return {}
         return {"val_fraction": self.split.val_fraction, "split_seed": self.split.split_seed}
+
+    def resize_keywords(self) -> dict[str, Any]:
+        """The ``load_data`` keywords that resize an image folder for evaluation as the run did ({} otherwise)."""
+        return {} if self.crop_pct is None else {"crop_pct": self.crop_pct}
 
     def require_source(self, what: str) -> str:
         """The recorded source, or a clear error naming ``what`` (a run) and asking for --data."""
@@ -121,6 +128,9 @@ def read_data_record(data: Mapping[str, Any] | None, *, source: str = "the recor
         else:
             kind, source_of_data, held_out = data["kind"], data["source"], data["split"]
             split = None if held_out is None else HeldOut(held_out["val_fraction"], held_out["split_seed"])
-        return DataRecord(source_of_data, kind, split=split, **{k: data.get(k) for k in _FEED_KEYS})
+        # crop_pct: absent from records written before the ImageNet recipe's evaluation resize
+        return DataRecord(
+            source_of_data, kind, split=split, crop_pct=data.get("crop_pct"), **{k: data.get(k) for k in _FEED_KEYS}
+        )
     except (KeyError, TypeError) as error:
         raise ValueError(f"{source}: the data record (version {version}) lacks or misshapes {error}") from error

@@ -25,9 +25,11 @@ from nsrep.nn.bn_init import BN_INITS, DEFAULT_BN_INIT
 from nsrep.nn.unit import UnitConfig
 from nsrep.train.distributed import DEVICES
 from nsrep.train.regularize import DECAY_MODES
-from nsrep.validation import check_choice
+from nsrep.validation import check_choice, check_probability
 
 __all__ = [
+    "LOSSES",
+    "OPTIMIZERS",
     "RECIPE_DIR",
     "SCHEDULES",
     "TrainConfig",
@@ -39,6 +41,8 @@ __all__ = [
 
 RECIPE_DIR = Path(__file__).with_name("recipes")
 SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS = ("sgd", "lamb")
+LOSSES = ("cross-entropy", "bce")
 AUTO_OR_BOOL = ("auto", True, False)
 # The UnitConfig fields a run sets (max_streams keeps its default: the built-in networks stay far below it)
 _UNIT_FIELDS = ("family", "connectivity", "stochastic", "pair_drop", "num_branches")
@@ -60,6 +64,7 @@ class TrainConfig:
     stochastic: float = UnitConfig.stochastic
     pair_drop: float = UnitConfig.pair_drop
     num_branches: int | None = UnitConfig.num_branches
+    drop_path_rate: float = 0.0  # stochastic depth on residual branches (timm's name and linear rule over blocks)
     width_mult: float = 1.0
     stem: str = "cifar"
     stem_unit: bool = True
@@ -75,6 +80,11 @@ class TrainConfig:
     crop_padding: int = 4
     hflip: bool = True
     autoaugment: str | None = None  # kornia AutoAugment policy ("cifar10", "imagenet", "svhn") or None
+    randaugment: int | None = None  # RandAugment magnitude on timm's 0-10 scale (2 ops, kornia); None: off
+    train_image_size: int | None = None  # side of the training crops when smaller than the eval side (160 vs 224)
+    eval_crop_pct: float = 0.875  # image folders: eval resizes the shorter side to image_size / eval_crop_pct
+    mixup: float = 0.0  # mixup alpha: lambda ~ Beta(alpha, alpha); 0: off
+    cutmix: float = 0.0  # cutmix alpha; with mixup too, each batch takes one of the two at random (timm's rule)
     workers: int = 2  # DataLoader worker processes (image decoding for folders)
     threads: int | None = None  # intra-op CPU threads (torch.set_num_threads); None: torch's default
     # optimisation
@@ -82,6 +92,7 @@ class TrainConfig:
     batch_size: int = 256  # global batch: split over DDP ranks and accumulation steps
     eval_batch_size: int = 512
     eval_every: int = 1  # score the held-out split every N epochs and after the last (long CPU studies)
+    optimizer: str = "sgd"  # "sgd" or "lamb" (pytorch-optimizer's LAMB, the `recipes` extra)
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
@@ -90,9 +101,12 @@ class TrainConfig:
     weight_decay_mode: str = "branches"  # "equivalent": decay each unit's folded kernel (nsrep.train.regularize)
     schedule: str = "cosine"
     warmup_epochs: float = 5.0
+    warmup_lr: float | None = None  # lr the linear warm-up starts from (timm's warmup_lr); None: lr / warm-up steps
     min_lr: float = 0.0
     step_milestones: tuple[int, ...] = (30, 60, 90)  # schedule "step": epochs where lr is divided by 10
     label_smoothing: float = 0.1
+    loss: str = "cross-entropy"  # or "bce": binary cross-entropy of every class (timm's BinaryCrossEntropy)
+    bce_target_threshold: float | None = None  # bce: (mixed) targets above it become 1, the rest 0; None: soft
     grad_accum: int = 1
     clip_grad: float | None = None  # max global gradient norm, None: no clipping
     # execution
@@ -112,7 +126,10 @@ class TrainConfig:
         check_choice("device", self.device, DEVICES)
         check_choice("bn_init", self.bn_init, BN_INITS)
         check_choice("weight_decay_mode", self.weight_decay_mode, DECAY_MODES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("loss", self.loss, LOSSES)
         self.unit_config()  # checks the unit options
+        check_probability("drop_path_rate", self.drop_path_rate)
         for name in ("amp", "channels_last"):
             if getattr(self, name) not in AUTO_OR_BOOL:
                 raise ValueError(f"{name} must be auto, true or false, got {getattr(self, name)!r}")
@@ -135,6 +152,21 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup_epochs < 0:  # a warm-up longer than the run is cut at its end (short smoke runs)
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.warmup_lr is not None and not 0 < self.warmup_lr <= self.lr:
+            raise ValueError(f"warmup_lr must be in (0, lr={self.lr}] or null, got {self.warmup_lr}")
+        if self.bce_target_threshold is not None and (self.loss != "bce" or not 0 <= self.bce_target_threshold < 1):
+            raise ValueError(
+                f"bce_target_threshold must be in [0, 1) with loss 'bce', or null; got {self.bce_target_threshold} "
+                f"with loss {self.loss!r}"
+            )
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError(f"mixup and cutmix alphas must be >= 0 (0: off), got {self.mixup}, {self.cutmix}")
+        if self.randaugment is not None and not 0 < self.randaugment < 10:
+            raise ValueError(f"randaugment magnitude must be in (0, 10) (timm's scale) or null, got {self.randaugment}")
+        if not 0 < self.eval_crop_pct <= 1:
+            raise ValueError(f"eval_crop_pct must be in (0, 1], got {self.eval_crop_pct}")
+        if self.train_image_size is not None and self.train_image_size < 1:
+            raise ValueError(f"train_image_size must be >= 1 or null, got {self.train_image_size}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"clip_grad must be > 0 or null, got {self.clip_grad}")
         if not 0 < self.val_fraction < 1:
@@ -166,6 +198,7 @@ class TrainConfig:
         return {
             "arch": self.arch,
             **{name: getattr(self, name) for name in _UNIT_FIELDS},
+            "drop_path_rate": self.drop_path_rate,
             "width_mult": self.width_mult,
             "stem": self.stem,
             "stem_unit": self.stem_unit,
@@ -182,6 +215,7 @@ class TrainConfig:
             "split_seed": self.split_seed,
             "train_subset": self.train_subset,
             "train_item_size": self.image_size if pad_crop else None,
+            "crop_pct": self.eval_crop_pct,
         }
 
 

@@ -102,6 +102,7 @@ def eval_data(
         raise ValueError(f"{run} does not record its data; pass --data")
     own = data is None or _same_source(data, record.source if record is not None else None)
     split = record.split_keywords() if record is not None and (own or not whole_folder) else {}
+    split.update(record.resize_keywords() if record is not None else {})  # an image folder's evaluation resize
     size = None if record is None else record.input_size
     images = load_data(source, hold_out=not (whole_folder and not own), **split)
     _check_data_fits(images, record, run)

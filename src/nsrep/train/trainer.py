@@ -38,6 +38,8 @@ from nsrep.storage.folders import RunFolder
 from nsrep.storage.model_record import ModelRecord
 from nsrep.train import distributed
 from nsrep.train.config import TrainConfig
+from nsrep.train.lamb import build_lamb
+from nsrep.train.mixing import BatchMix, SoftTargetLoss
 from nsrep.train.regularize import equivalent_kernel_l2, unit_parameter_ids
 
 __all__ = [
@@ -102,18 +104,15 @@ def param_groups(
     return groups
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """The recipe's SGD (Nesterov when asked and momentum > 0) over :func:`param_groups`."""
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimiser over :func:`param_groups`: SGD (Nesterov when asked and momentum > 0) or LAMB."""
+    groups = param_groups(
+        model, config.weight_decay, config.decay_norm_and_bias, unit_parameter_ids(model, config.weight_decay_mode)
+    )
+    if config.optimizer == "lamb":
+        return build_lamb(groups, lr=config.lr)
     return torch.optim.SGD(
-        param_groups(
-            model,
-            config.weight_decay,
-            config.decay_norm_and_bias,
-            unit_parameter_ids(model, config.weight_decay_mode),
-        ),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov and config.momentum > 0,
+        groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0
     )
 
 
@@ -122,19 +121,27 @@ def train_transform(config: TrainConfig, data: ImageData) -> BatchTransform:
     return build_transform(
         config.augment or data.augment,
         train=True,
-        image_size=data.image_size,
+        image_size=config.train_image_size or data.image_size,
         mean=data.mean,
         std=data.std,
         crop_padding=config.crop_padding,
         hflip=config.hflip,
         autoaugment=config.autoaugment,
+        randaugment=config.randaugment,
     )
 
 
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int, config: TrainConfig, steps_per_epoch: int) -> float:
-    """Multiplier of ``config.lr`` at optimiser step ``step``: linear warm-up, then the schedule."""
+    """Multiplier of ``config.lr`` at optimiser step ``step``: linear warm-up, then the schedule.
+
+    The warm-up climbs per step from ``warmup_lr`` (step 0 runs at it; timm's ``warmup_lr``) or, without one,
+    from ``lr / warmup_steps``, reaching ``lr`` at the first step after it.
+    """
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        if config.warmup_lr is None:
+            return (step + 1) / warmup_steps
+        start = config.warmup_lr / config.lr
+        return start + (1.0 - start) * step / warmup_steps
     floor = config.min_lr / config.lr
     if config.schedule == "constant":
         return 1.0
@@ -409,6 +416,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     criterion: nn.Module
+    mix: BatchMix | None  # mixup/CutMix and soft targets; None: hard labels (today's cross-entropy)
     autocast: Any
     channels_last: bool
     steps_per_epoch: int
@@ -498,11 +506,29 @@ def _set_up(config: TrainConfig, env: distributed.DistEnv, folder: RunFolder | N
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16),
-        criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        criterion=_criterion(config),
+        mix=_batch_mix(config, data.num_classes),
         autocast=autocast,
         channels_last=channels_last,
         steps_per_epoch=steps_per_epoch,
     )
+
+
+def _soft_targets(config: TrainConfig) -> bool:
+    """Whether the run trains on soft targets (mixing or BCE); plain cross-entropy keeps the hard labels."""
+    return config.mixup > 0 or config.cutmix > 0 or config.loss != "cross-entropy"
+
+
+def _criterion(config: TrainConfig) -> nn.Module:
+    if _soft_targets(config):  # label smoothing is then in the targets (BatchMix)
+        return SoftTargetLoss(config.loss, config.bce_target_threshold)
+    return nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+
+def _batch_mix(config: TrainConfig, num_classes: int) -> BatchMix | None:
+    if not _soft_targets(config):
+        return None
+    return BatchMix(num_classes, mixup=config.mixup, cutmix=config.cutmix, smoothing=config.label_smoothing)
 
 
 def _restore(run: _Run, checkpoint: dict[str, Any] | None) -> None:
@@ -560,12 +586,15 @@ def _train_one_epoch(run: _Run, epoch: int) -> _EpochTotals:
     for micro, images, labels in _micro_batches(run.train_loader, config.grad_accum):
         images, labels = _to_device(images, labels, env.device, run.channels_last)
         x = run.train_tf(images)
+        targets = labels
+        if run.mix is not None:
+            x, targets = run.mix(x, labels)
         last_micro = micro == config.grad_accum - 1
         sync = ddp.no_sync() if env.distributed and not last_micro else nullcontext()
         with sync:
             with run.autocast():
                 logits = ddp(x)
-                loss = run.criterion(logits.float(), labels)
+                loss = run.criterion(logits.float(), targets)
             # the equivalent-kernel decay is a loss term (SGD's decay is wd * w, i.e. wd/2 ||w||²);
             # metrics keep the data loss alone
             penalty = 0.5 * config.weight_decay * equivalent_kernel_l2(run.model) if decay_folded else 0.0
@@ -648,7 +677,7 @@ def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
             {
                 "config": config.to_dict(),
                 "model_record": ModelRecord.of(model).to_dict(),
-                "data": _data_record(run.data, config.data).to_dict(),
+                "data": _data_record(run.data, config.data, config.eval_crop_pct).to_dict(),
                 "epoch": epoch + 1,
                 "model": model.state_dict(),
                 "optimizer": run.optimizer.state_dict(),
@@ -666,7 +695,7 @@ def _save(run: _Run, epoch: int, record: dict[str, Any]) -> None:
                 run.writer.add_scalar(key, value, epoch + 1)
 
 
-def _data_record(data: ImageData, source: str) -> DataRecord:
+def _data_record(data: ImageData, source: str, crop_pct: float) -> DataRecord:
     """What the run read and what a deployed model's user needs to feed it (checkpoint and ``preprocess.json``)."""
     split = HeldOut(data.val_fraction, data.split_seed) if data.held_out else None
     return DataRecord(
@@ -679,6 +708,8 @@ def _data_record(data: ImageData, source: str) -> DataRecord:
         std=data.std,
         class_names=data.class_names,
         split=split,
+        # an image folder's evaluation resize (image_size / crop_pct), so `nsrep eval` tests as the run did
+        crop_pct=crop_pct if data.name == "imagefolder" else None,
     )
 
 
@@ -710,7 +741,7 @@ def _finish(run: _Run, last_epoch: int) -> TrainResult:
     if len(set(result.deployed_digests)) != 1:
         raise RuntimeError(f"ranks folded different deployed weights: {result.deployed_digests}")
     if env.is_main and run.folder is not None:
-        run.folder.deploy.write(result.deployed, data_record=_data_record(run.data, config.data))
+        run.folder.deploy.write(result.deployed, data_record=_data_record(run.data, config.data, config.eval_crop_pct))
         summary = {
             "train_form": asdict(train_form),
             "deployed_form": asdict(deployed_form),
