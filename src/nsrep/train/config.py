@@ -96,6 +96,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool | str = "auto"  # mixed precision: "auto" = on for CUDA (bf16 when supported), off on CPU
     channels_last: bool | str = "auto"  # "auto" = on for CUDA
+    compile: bool | str = False  # torch.compile (inductor) for training and evaluation; "auto" = on for CUDA
     seed: int = 0
     log_every: int = 20  # progress-bar refresh, in optimiser steps
     progress: bool = True
@@ -110,7 +111,7 @@ class TrainConfig:
         check_choice("bn_init", self.bn_init, BN_INITS)
         check_choice("weight_decay_mode", self.weight_decay_mode, DECAY_MODES)
         self.unit_config()  # checks the unit options
-        for name in ("amp", "channels_last"):
+        for name in ("amp", "channels_last", "compile"):
             if getattr(self, name) not in AUTO_OR_BOOL:
                 raise ValueError(f"{name} must be auto, true or false, got {getattr(self, name)!r}")
         positive = {
