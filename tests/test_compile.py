@@ -13,11 +13,11 @@ import copy
 
 import pytest
 import torch
+from benchmarks.cuda_check import SmallNet
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import nsrep
-from nsrep.models.factory import LayerFactory
 from nsrep.nn.unit import UnitConfig
 
 F64_TOL = 1e-10
@@ -31,29 +31,6 @@ def _fresh_dynamo():
     with torch._inductor.config.patch(fallback_random=True):
         yield
     torch._dynamo.reset()
-
-
-class TinyNet(nn.Module):
-    """Stem unit, guided ReLU, a residual unit with a stream add, guided max pool, head: every stream op of the
-    zoo's networks, small enough to compile in seconds."""
-
-    def __init__(self, unit: UnitConfig, classes: int = 3) -> None:
-        super().__init__()
-        layers = LayerFactory(unit)
-        self.entry = layers.entry()
-        self.stem = layers.conv(3, 4, 3, streams=1)
-        s = self.stem.out_streams
-        self.act = layers.act()
-        self.conv = layers.conv(4, 4, 3, streams=s)
-        self.add = layers.add(self.conv.out_streams, s)
-        self.pool = layers.max_pool(2, 2)
-        self.merge = layers.merge()
-        self.head = nn.Linear(4, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.stem(self.entry(x)))
-        x = self.pool(self.act(self.add(self.conv(x), x)))
-        return self.head(self.merge(x).mean((2, 3)))
 
 
 def _step(model: nn.Module, x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -73,7 +50,7 @@ def _assert_same_state(compiled: nn.Module, eager: nn.Module, tol: float) -> Non
 def _train_and_compare(unit: UnitConfig, dtype: torch.dtype, tol: float, batches=(4, 4, 4, 3, 5)) -> int:
     """Train an eager and a compiled copy side by side on ``batches`` (sizes), then evaluate both; returns the
     number of graphs the compiled copy needed."""
-    eager = TinyNet(unit).to(dtype)
+    eager = SmallNet(unit).to(dtype)
     model = copy.deepcopy(eager)
     counter = CompileCounterWithBackend("inductor")
     compiled = torch.compile(model, backend=counter)
@@ -114,7 +91,7 @@ def test_partial_stochastic_partition_is_one_graph_too():
 
 
 def test_compiled_model_folds_and_saves_like_the_eager_one(tmp_path):
-    model = TinyNet(UnitConfig(family="repvgg", connectivity="ns")).eval()
+    model = SmallNet(UnitConfig(family="repvgg", connectivity="ns")).eval()
     compiled = torch.compile(model)
     x = torch.randn(2, 3, 8, 8)
     deployed = nsrep.reparameterize(compiled)  # unwraps _orig_mod
