@@ -136,11 +136,13 @@ class RepUnit(Foldable):
         probability = self.config.stochastic
         if not self.training or probability <= 0:
             return None
+        # the coin first and on the CPU generator, as before: seeded runs draw the partitions they always drew.
+        # It is used even when stochastic=1 (always true): a compiled graph would drop an unused draw, and its
+        # random stream would then part from eager's
+        coin = torch.rand(())
         partition = conn.random_partition(self.num_branches, s, device=device)
-        if probability >= 1:
-            return partition
         fixed = conn.fixed_partition(self.num_branches, s, device=device)
-        return torch.where(torch.rand((), device=device) < probability, partition, fixed)
+        return torch.where(coin.to(device) < probability, partition, fixed)
 
     def _pair_drop_mask(self, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
         """A pair-drop mask of ``shape`` in training, None when pair drop is off or in eval mode."""
