@@ -3,6 +3,11 @@
     python -m benchmarks.train_step --arch resnet18 --batch-size 64 --steps 5
     python -m benchmarks.train_step --arch resnet18 resnet50 --batch-size 64 128 --device cuda
     python -m benchmarks.train_step --width 0.125 --threads 1 --classes 10 --variants plain acnet-block ...
+    python -m benchmarks.train_step --compile --width 0.125 --variants plain dbb-block dbb-ns ns-ns
+
+``--compile``: every variant eager and under ``torch.compile`` (inductor), each in its own process; the table
+gives both step times, their ratio and the compile seconds (the first compiled step's time less a compiled
+step's median). A compiling worker that passes ``--compile-limit`` seconds is reported as such, not waited for.
 
 One step = forward + backward + SGD update on a CIFAR-shaped batch (3×32×32, 100 classes unless --classes).
 Every variant runs in its own process (so its peak memory is its own): ``warmup`` steps, then the median of
@@ -17,6 +22,7 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +65,7 @@ def worker(cfg: dict) -> dict:
         **({"num_branches": 2} if family == "convK" else {}),
     )
     set_implementation(model, implementation).to(device)
+    trained = model
     cuda = device.startswith("cuda")
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -67,10 +74,12 @@ def worker(cfg: dict) -> dict:
     y = torch.randint(0, cfg["classes"], (cfg["batch_size"],), device=device)
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        trained = torch.compile(model)
 
     def step() -> None:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(trained(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -78,12 +87,47 @@ def worker(cfg: dict) -> dict:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    first = time_calls(step, repeats=1, warmup=0, device=device)[0]  # compiles, when compiling
     times = time_calls(step, repeats=cfg["steps"], warmup=cfg["warmup"], device=device)
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20  # KiB -> GiB
-    return {"median_s": statistics.median(times), "times": times, "peak_gib": peak}
+    median = statistics.median(times)
+    return {"median_s": median, "times": times, "peak_gib": peak, "first_s": first, "compile_s": first - median}
+
+
+def compile_report(args: argparse.Namespace, arch: str, batch: int) -> list[str]:
+    """Eager against compiled step time, and compile seconds, of every variant: one table."""
+    rows = []
+    for variant in args.variants:
+        cfg = {"arch": arch, "batch_size": batch, "variant": variant, "device": args.device}
+        cfg.update(steps=args.steps, warmup=args.warmup, width=args.width, classes=args.classes)
+        eager = run_worker("benchmarks.train_step", cfg, args.threads)
+        try:
+            compiled = run_worker("benchmarks.train_step", {**cfg, "compile": True}, args.threads, args.compile_limit)
+        except subprocess.TimeoutExpired:
+            rows.append((variant, f"{eager['median_s']:.3f}", "-", "-", f"> {args.compile_limit:.0f} (stopped)"))
+            print(f"  {arch} b{batch} {variant}: compiling passed {args.compile_limit:.0f} s, stopped", flush=True)
+            continue
+        rows.append(
+            (
+                variant,
+                f"{eager['median_s']:.3f}",
+                f"{compiled['median_s']:.3f}",
+                ratio(compiled["median_s"], eager["median_s"]),
+                f"{compiled['compile_s']:.0f}",
+            )
+        )
+        print(f"  {arch} b{batch} {variant}: eager {eager['median_s']:.3f} s, compiled {compiled['median_s']:.3f} s, "
+              f"compile {compiled['compile_s']:.0f} s", flush=True)  # fmt: skip
+    return [
+        f"### {arch} (width {args.width}), batch {batch}, CIFAR shape, {args.device}: eager vs torch.compile "
+        f"(inductor; median of {args.steps} steps after {args.warmup} warm-up)",
+        "",
+        *markdown_table(("variant", "eager step (s)", "compiled step (s)", "compiled vs eager", "compile (s)"), rows),
+        "",
+    ]
 
 
 def main() -> None:
@@ -100,12 +144,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="also write the markdown report here")
     parser.add_argument("--png", default=None, help="write a bar chart of the ratios here")
+    parser.add_argument("--compile", action="store_true", help="eager against torch.compile (inductor) per variant")
+    parser.add_argument("--compile-limit", type=float, default=1200, help="seconds a compiling worker may run")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
     lines = [f"Machine: {describe_machine(args.device, args.threads)}", ""]
+    if args.compile:
+        for arch in args.arch:
+            for batch in args.batch_size:
+                lines += compile_report(args, arch, batch)
+        write_report(lines, args.out)
+        return
     chart_labels, time_ratio, mem_ratio = [], [], []
     for arch in args.arch:
         for batch in args.batch_size:

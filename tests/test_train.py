@@ -315,3 +315,34 @@ def test_eval_every_scores_the_held_out_split_only_every_n_epochs_and_always_at_
     assert every.deployed_digests == each.deployed_digests
     with pytest.raises(ValueError, match="eval_every must be >= 1, got 0"):
         tiny_config(eval_every=0)
+
+
+def test_compile_option_trains_and_evaluates_through_the_compiled_wrapper(tmp_path, monkeypatch):
+    """``--set compile=true`` wraps the training and evaluation model in ``torch.compile``; checkpoints and the
+    deployed form come from the unwrapped model (no ``_orig_mod.`` prefix). Dynamo's graph capture runs for
+    real; its ``eager`` backend keeps this fast (inductor itself: tests/test_compile.py)."""
+    compiled = []
+    real_compile = torch.compile
+
+    def spy(model, **options):
+        wrapper = real_compile(model, **{**options, "backend": "eager"})
+        compiled.append(wrapper)
+        return wrapper
+
+    monkeypatch.setattr(torch, "compile", spy)
+    config = tiny_config(family="dbb", connectivity="ns", epochs=1)
+    config = apply_overrides(config, dict([parse_override("compile=true")]))
+    result = train(config, tmp_path / "run")
+    assert len(compiled) == 1 and compiled[0]._orig_mod is not None
+    assert math.isfinite(result.metrics[0]["train_loss"])
+    assert result.fold_check < 1e-4 and result.max_rel_logit_diff < 1e-4
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["model"]
+    assert not any(key.startswith("_orig_mod.") for key in state)
+    assert TrainConfig().compile is False
+
+
+@pytest.mark.slow
+def test_compile_option_with_inductor_trains_a_network(tmp_path):
+    result = train(tiny_config(family="dbb", connectivity="ns", epochs=1, compile=True), tmp_path / "run")
+    assert math.isfinite(result.metrics[0]["train_loss"])
+    assert result.fold_check < 1e-4 and result.max_rel_logit_diff < 1e-4

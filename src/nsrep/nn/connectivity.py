@@ -69,34 +69,41 @@ def pair_drop_mask(shape: tuple[int, ...], rate: float, like: Tensor) -> Tensor:
 
 class _GroupSumSBK(torch.autograd.Function):
     """Group sums read straight from the fast path's (S, B, K, ...) layout: no gathered copy of all pairs
-    in forward, one write per pair (no full-size zero fill) in backward."""
+    in forward, one write per pair (no full-size zero fill) in backward.
+
+    The partition stays a tensor on the pairs' device throughout (indexing, never ``tolist()``): under
+    ``torch.compile`` a fresh partition is then an input of the graph, not Python constants baked into it,
+    so drawing a new one every step neither breaks the graph nor recompiles it.
+    """
 
     @staticmethod
     def forward(ctx, y: Tensor, partition: Tensor) -> Tensor:
-        s = y.shape[0]
-        stream, branch = (partition % s).tolist(), (partition // s).tolist()
-        out = y.new_empty((partition.shape[0], y.shape[1], *y.shape[3:]))  # (G, B, C, H, W)
-        for j, (streams_j, branches_j) in enumerate(zip(stream, branch, strict=True)):
-            out[j].copy_(y[streams_j[0], :, branches_j[0]])
-            for si, ki in zip(streams_j[1:], branches_j[1:], strict=True):
-                out[j].add_(y[si, :, ki])
+        s, b, k = y.shape[:3]
+        rows = y.reshape(s * b * k, *y.shape[3:])  # row (stream * B + sample) * K + branch
+        samples = torch.arange(b, device=y.device)
+        stream, branch = partition % s, partition // s  # (G, n) each
+        out = None
+        for i in range(partition.shape[1]):  # one gather of G·B rows per group member: output-sized transients
+            index = (stream[:, i, None] * b + samples) * k + branch[:, i, None]  # (G, B)
+            term = rows.index_select(0, index.flatten())
+            out = term if out is None else out.add_(term)
         ctx.save_for_backward(partition)
         ctx.s = s
-        return out
+        return out.view(partition.shape[0], b, *y.shape[3:])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (partition,) = ctx.saved_tensors
         s = ctx.s
-        k = partition.numel() // s
-        group_of = torch.empty(partition.numel(), dtype=torch.long)
-        group_of[partition.flatten()] = torch.arange(partition.shape[0]).repeat_interleave(partition.shape[1])
-        group_of = group_of.view(k, s).tolist()  # [branch][stream] -> group
-        grad_y = grad.new_empty((s, grad.shape[1], k, *grad.shape[2:]))
-        for ki in range(k):
-            for si in range(s):
-                grad_y[si, :, ki] = grad[group_of[ki][si]]
-        return grad_y, None
+        g, b = grad.shape[:2]
+        per_group = partition.shape[1]
+        # the group of every pair: the inverse permutation (argsort of a permutation) over the group size
+        group_of = (torch.argsort(partition.flatten()) // per_group).view(-1, s)  # (K, S): [branch][stream]
+        samples = torch.arange(b, device=grad.device)
+        # grad_y[s, b, k] = grad[group_of[k, s], b]: one gather of rows straight into the (S, B, K, ...) layout
+        index = group_of.t()[:, None, :] * b + samples[None, :, None]  # (S, B, K)
+        rows = grad.reshape(g * b, *grad.shape[2:]).index_select(0, index.flatten())
+        return rows.view(s, b, -1, *grad.shape[2:]), None
 
 
 def group_pairs_sbk(y: Tensor, partition: Tensor) -> Tensor:
@@ -104,4 +111,4 @@ def group_pairs_sbk(y: Tensor, partition: Tensor) -> Tensor:
     s, k = y.shape[0], y.shape[2]
     if partition.numel() != s * k:
         raise ValueError(f"partition of shape {tuple(partition.shape)} does not cover {s * k} pairs")
-    return _GroupSumSBK.apply(y, partition.cpu())
+    return _GroupSumSBK.apply(y, partition.to(y.device))

@@ -151,6 +151,9 @@ class RepConv2d(RepUnit):
         storage and in-place version counter): composing the sequential branches costs C_in·hidden·C_out·k²
         per unit whatever the batch, which would dominate small-batch validation.
         """
+        if torch.compiler.is_compiling():  # a compiled graph recomposes in-graph: no storage keys, no Python cache
+            folded = [branch.affine() for branch in self.branches]
+            return torch.stack([f[0] for f in folded]), torch.stack([f[1] for f in folded])
         tensors = [*self.parameters(), *self.buffers()]
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
         cacheable = not torch.is_grad_enabled()

@@ -200,7 +200,9 @@ class GuidedMaxPool2d(Foldable):
             return_indices=True,
         )
         ho, wo = idx.shape[-2:]
-        idx = idx.reshape(1, b, c, ho * wo).expand(s, b, c, ho * wo)
+        # expand adds the stream axis itself: an explicit size-1 axis here trips inductor's stride ordering once
+        # the batch size is dynamic ("cannot determine truth value of Relational", tests/test_compile.py)
+        idx = idx.reshape(b, c, ho * wo).expand(s, b, c, ho * wo)
         return x.reshape(s, b, c, h * w).gather(3, idx).view(s, b, c, ho, wo)
 
     def fold(self) -> nn.Module:

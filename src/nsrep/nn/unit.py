@@ -128,10 +128,22 @@ class RepUnit(Foldable):
 
     # --- training-time randomness, drawn alike by every geometry and implementation --------------------------
     def _draw_partition(self, s: int, device: torch.device) -> Tensor | None:
-        """A fresh random partition with probability ``stochastic`` in training, else None (fixed grouping)."""
-        if self.training and self.config.stochastic > 0 and torch.rand(()).item() < self.config.stochastic:
-            return conn.random_partition(self.num_branches, s, device=device)
-        return None
+        """The training partition: fresh and random with probability ``stochastic``, else the fixed grouping;
+        None when it is always the fixed grouping (eval, or ``stochastic=0``).
+
+        The coin and the permutation stay tensors (no ``.item()``): under ``torch.compile`` a fresh partition
+        is data flowing through one graph, not a Python branch or constants that break or recompile it.
+        """
+        probability = self.config.stochastic
+        if not self.training or probability <= 0:
+            return None
+        # the coin first and on the CPU generator, as before: seeded runs draw the partitions they always drew.
+        # It is used even when stochastic=1 (always true): a compiled graph would drop an unused draw, and its
+        # random stream would then part from eager's
+        coin = torch.rand(())
+        partition = conn.random_partition(self.num_branches, s, device=device)
+        fixed = conn.fixed_partition(self.num_branches, s, device=device)
+        return torch.where(coin.to(device) < probability, partition, fixed)
 
     def _pair_drop_mask(self, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
         """A pair-drop mask of ``shape`` in training, None when pair drop is off or in eval mode."""

@@ -113,6 +113,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool | str = "auto"  # mixed precision: "auto" = on for CUDA (bf16 when supported), off on CPU
     channels_last: bool | str = "auto"  # "auto" = on for CUDA
+    compile: bool | str = False  # torch.compile (inductor) for training and evaluation; "auto" = on for CUDA
     seed: int = 0
     log_every: int = 20  # progress-bar refresh, in optimiser steps
     progress: bool = True
@@ -130,7 +131,7 @@ class TrainConfig:
         check_choice("loss", self.loss, LOSSES)
         self.unit_config()  # checks the unit options
         check_probability("drop_path_rate", self.drop_path_rate)
-        for name in ("amp", "channels_last"):
+        for name in ("amp", "channels_last", "compile"):
             if getattr(self, name) not in AUTO_OR_BOOL:
                 raise ValueError(f"{name} must be auto, true or false, got {getattr(self, name)!r}")
         positive = {

@@ -421,6 +421,7 @@ class _Run:
     channels_last: bool
     steps_per_epoch: int
     ddp: nn.Module | None = None
+    evaluated: nn.Module | None = None  # what evaluates it: the model, or its compiled wrapper
     start_epoch: int = 0
     metrics: list[dict[str, Any]] = field(default_factory=list)
     writer: Any = None  # TensorBoard, on the main rank when installed
@@ -549,6 +550,11 @@ def _restore(run: _Run, checkpoint: dict[str, Any] | None) -> None:
     else:
         _seed_everything(run.config.seed + env.rank)  # ranks draw different augmentations and partitions
     run.ddp = DistributedDataParallel(run.model) if env.distributed else run.model
+    run.evaluated = run.model
+    if _use(run.config.compile, env.device):
+        # compiled wrappers around the same module: checkpoints, folding and the fold check read run.model itself
+        run.ddp = torch.compile(run.ddp)
+        run.evaluated = run.ddp if run.ddp._orig_mod is run.model else torch.compile(run.model)
 
 
 def _open_logs(run: _Run, *, fresh: bool) -> None:
@@ -638,7 +644,7 @@ def _evaluate(run: _Run, epoch: int, trained: _EpochTotals) -> dict[str, Any]:
     }
     if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
         (result,), _ = evaluate(
-            [run.model],
+            [run.evaluated],
             run.test_loader,
             run.eval_tf,
             env,
