@@ -186,3 +186,18 @@ def test_unknown_checkpoint_format_is_refused_naming_it(tmp_path):
     torch.save({**state, "format_version": 9}, tmp_path / "run" / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"has checkpoint format 9; this nsrep reads formats 1, 2"):
         load_checkpoint(tmp_path / "run")
+
+
+def test_a_key_added_after_a_run_was_written_counts_as_its_default():
+    # A finished run of an older nsrep lacks the keys added since (eval_every, optimizer, mixup, ...): it ran
+    # with their defaults, so a sweep must reuse it rather than refuse it; a key set otherwise still conflicts.
+    from nsrep.storage.folders import config_conflicts
+
+    saved = TrainConfig().to_dict()
+    for key in ("eval_every", "optimizer", "mixup", "drop_path_rate"):
+        del saved[key]
+    assert config_conflicts(saved, TrainConfig()) == []
+    assert config_conflicts(saved, TrainConfig(eval_every=2)) == [
+        "eval_every=1 (absent: the default) in the checkpoint, 2 asked"
+    ]
+    assert config_conflicts({**saved, "lr": 0.5}, TrainConfig()) == ["lr=0.5 in the checkpoint, 0.1 asked"]

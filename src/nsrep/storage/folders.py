@@ -44,6 +44,8 @@ class RunConfig(Protocol):
 
     EXECUTION_FIELDS: ClassVar[frozenset[str]]  # settings that may differ when a run is resumed
 
+    def __init__(self) -> None: ...  # every field has a default (what a run lacking the key trained with)
+
     def to_dict(self) -> dict[str, Any]: ...
 
 
@@ -165,12 +167,21 @@ class DeployFolder:
 
 
 def config_conflicts(saved: Mapping[str, Any], asked: RunConfig) -> list[str]:
-    """Keys (execution settings aside) where a stored configuration differs from ``asked``, described."""
-    return [
-        f"{key}={saved.get(key)!r} in the checkpoint, {value!r} asked"
-        for key, value in asked.to_dict().items()
-        if key not in asked.EXECUTION_FIELDS and saved.get(key) != value
-    ]
+    """Keys (execution settings aside) where a stored configuration differs from ``asked``, described.
+
+    A key the stored configuration lacks was added to nsrep after the run was written, and a new key's default
+    keeps what nsrep did before it existed, so the run trained with that default: it is compared as such.
+    """
+    defaults = type(asked)().to_dict()
+    conflicts = []
+    for key, value in asked.to_dict().items():
+        if key in asked.EXECUTION_FIELDS:
+            continue
+        stored = saved.get(key, defaults[key])
+        if stored != value:
+            shown = f"{stored!r}" if key in saved else f"{stored!r} (absent: the default)"
+            conflicts.append(f"{key}={shown} in the checkpoint, {value!r} asked")
+    return conflicts
 
 
 class RunFolder:
