@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -12,7 +13,17 @@ import pytest
 from scipy import stats
 
 from nsrep.cli import main
-from nsrep.experiments import build_report, load_spec, mean_std, paired_difference, parse_shard, run_sweep
+from nsrep.experiments import (
+    build_report,
+    collect_results,
+    load_spec,
+    mean_std,
+    paired_difference,
+    parse_shard,
+    publish_sweep,
+    run_sweep,
+)
+from nsrep.experiments.publish import PUBLISHED_RUN_FILES
 from nsrep.storage.folders import RunFolder
 from nsrep.train.trainer import train
 
@@ -212,3 +223,70 @@ def test_only_selects_the_runs_whose_values_match(tmp_path):
         select_plans(spec, parse_only("family=dbb"))
     with pytest.raises(ValueError, match=r"--only must look like KEY=VALUE\[,KEY=VALUE\]"):
         parse_only("connectivity")
+
+
+def test_publish_copies_the_text_results_and_the_published_folder_reports_the_same(finished_sweep, tmp_path):
+    out, _ = finished_sweep
+    dest = tmp_path / "published"
+    written = publish_sweep(out, dest)
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert sorted(p.name for p in (dest / "runs").iterdir()) == runs
+    for run in runs:  # text files only: no checkpoint, no deploy folder
+        assert sorted(p.name for p in (dest / "runs" / run).iterdir()) == sorted(PUBLISHED_RUN_FILES)
+        for name in PUBLISHED_RUN_FILES:
+            assert (dest / "runs" / run / name).read_bytes() == (out / "runs" / run / name).read_bytes()
+    assert (dest / "results.csv").read_text() == (out / "results.csv").read_text()
+    assert (dest / "recipe.yaml").read_text() == (out / "recipe.yaml").read_text()
+    assert set(written) >= {dest / "spec.yaml", dest / "results.csv"}
+    assert build_report(dest, plots=False).markdown == build_report(out, plots=False).markdown
+
+
+def test_publish_keeps_runs_an_earlier_machine_published(finished_sweep, tmp_path):
+    out, _ = finished_sweep
+    dest = tmp_path / "published"
+    publish_sweep(out, dest)
+    # a later machine: the same sweep with one run not (yet) trained there
+    later = tmp_path / "later"
+    shutil.copytree(out, later)
+    gone = sorted((later / "runs").iterdir())[0]
+    shutil.rmtree(gone)
+    collect_results(load_spec(later / "spec.yaml"), later)
+    assert len(read_csv(later / "results.csv")) == 3
+    publish_sweep(later, dest)
+    assert read_csv(dest / "results.csv") == read_csv(out / "results.csv")  # all four, in plan order
+    assert (dest / "runs" / gone.name / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("case", ["file", "other sweep", "foreign folder", "itself"])
+def test_publish_refuses_a_destination_it_would_spoil(finished_sweep, tmp_path, case):
+    out, _ = finished_sweep
+    dest = tmp_path / "dest"
+    if case == "file":
+        dest.write_text("notes")
+        message = "is a file"
+    elif case == "other sweep":
+        dest.mkdir()
+        (dest / "spec.yaml").write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+        message = "holds another sweep"
+    elif case == "foreign folder":
+        dest.mkdir()
+        (dest / "thesis.tex").write_text("\\begin{document}")
+        message = "not empty and holds no published sweep"
+    else:
+        dest = out
+        message = "the sweep folder itself"
+    before = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} if dest.is_dir() else dest.read_bytes()
+    with pytest.raises(ValueError, match=message):
+        publish_sweep(out, dest)
+    after = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} if dest.is_dir() else dest.read_bytes()
+    assert after == before
+
+
+def test_report_publish_command(finished_sweep, tmp_path, capsys):
+    out, _ = finished_sweep
+    dest = tmp_path / "docs" / "tiny"
+    assert main(["report", str(out), "--publish", str(dest)]) == 0
+    text = capsys.readouterr().out
+    assert f"published 15 files to {dest}" in text  # spec, recipe, 4 runs x 3, results and "# tiny" in text
+    assert (dest / "report.md").is_file() and (dest / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(dest.rglob("*.pt"))

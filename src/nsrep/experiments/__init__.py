@@ -3,6 +3,7 @@
 Spec files for the paper's tables (paper scale and CPU scale) live in the repository's ``experiments/``.
 """
 
+from nsrep.experiments.publish import publish_sweep
 from nsrep.experiments.report import Cell, Difference, SweepReport, build_report, mean_std, paired_difference
 from nsrep.experiments.spec import ReportSpec, RunPlan, SweepSpec, load_spec, select_plans
 from nsrep.experiments.sweep import (
@@ -32,6 +33,7 @@ __all__ = [
     "paired_difference",
     "parse_only",
     "parse_shard",
+    "publish_sweep",
     "read_results",
     "run_spec",
     "run_sweep",
