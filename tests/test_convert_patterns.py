@@ -22,9 +22,11 @@ from zoo_patterns import (
     DropPath,
     GhostLike,
     Net,
+    PaddedStem,
     ResidualDrop,
     ShiftedBatchNorm,
     ShuffleBlock,
+    SplitAttention,
     StochasticDepth,
     Transition,
     stochastic_depth,
@@ -182,6 +184,36 @@ def test_channel_plumbing_acts_per_stream(body, connectivity):
     converted = nsrep.convert(original, family="acnet", connectivity=connectivity)
     assert len(converted.nsrep_conversion.after_sum) == 3, converted.nsrep_conversion
     _assert_folds_after_training(original, converted, Net(*body()).double())
+
+
+@pytest.mark.parametrize("connectivity", ["ns", "block"])
+def test_split_attention_sums_over_its_radix_per_stream(connectivity):
+    """ResNeSt: the splits of a grouped conv summed over the radix dim (``x.sum(dim=1)`` of a 5-d view), and the
+    attention-weighted splits summed again, per stream; the attention itself is computed from the aggregate."""
+    original = Net(SplitAttention(8), ConvNormAct(8, 8)).double()
+    converted = nsrep.convert(original, family="dbb", connectivity=connectivity)
+    report = converted.nsrep_conversion
+    assert [u.conv for u in report.units] == ["stem.conv", "body.0.conv", "body.1.conv"]
+    assert sum("sum" in op for op in report.stream_ops) == 2, report.stream_ops
+    _assert_folds_after_training(original, converted, Net(SplitAttention(8), ConvNormAct(8, 8)).double())
+
+
+def test_pad_with_zeros_or_copies_is_per_stream_and_a_non_zero_fill_is_not():
+    """HGNetV2's stem: ``F.pad`` with zeros (and by reflection) pads every stream; a fill of 1 would be added once
+    per stream, so that pad runs on the aggregate and the max pool after it is refused."""
+    original = Net(PaddedStem(8), ConvNormAct(8, 8)).double()
+    converted = nsrep.convert(original, family="acnet", connectivity="ns")
+    assert sum("pad" in op for op in converted.nsrep_conversion.stream_ops) == 2
+    assert [u.conv for u in converted.nsrep_conversion.units] == [
+        "stem.conv",
+        "body.0.conv",
+        "body.0.mix.conv",
+        "body.1.conv",
+    ]
+    _assert_folds_after_training(original, converted, Net(PaddedStem(8), ConvNormAct(8, 8)).double())
+    filled = Net(PaddedStem(8, value=1.0), ConvNormAct(8, 8)).double()
+    with pytest.raises(ValueError, match="function 'pad'"):
+        nsrep.convert(filled, family="acnet", connectivity="ns")
 
 
 def _dense_net() -> Net:

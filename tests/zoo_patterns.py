@@ -185,6 +185,49 @@ class GhostLike(nn.Module):
         return torch.cat([x1, x2], dim=1)[:, : self.out, :, :]
 
 
+class SplitAttention(nn.Module):
+    """timm's ResNeSt ``SplitAttn`` (radix 2, cardinality 1): a grouped conv gives ``radix`` splits; their sum over
+    the radix is pooled into an attention that weights each split; the weighted splits are summed over the radix."""
+
+    def __init__(self, c: int, radix: int = 2) -> None:
+        super().__init__()
+        self.radix = radix
+        self.conv = nn.Conv2d(c, c * radix, 3, 1, 1, groups=radix, bias=False)
+        self.bn0, self.act0 = nn.BatchNorm2d(c * radix), nn.ReLU()
+        attn = max(c // 2, 4)
+        self.fc1 = nn.Conv2d(c, attn, 1)
+        self.bn1, self.act1 = nn.BatchNorm2d(attn), nn.ReLU()
+        self.fc2 = nn.Conv2d(attn, c * radix, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act0(self.bn0(self.conv(x)))
+        b, rc, h, w = x.shape
+        x = x.reshape((b, self.radix, rc // self.radix, h, w))
+        x_gap = x.sum(dim=1).mean((2, 3), keepdim=True)
+        x_attn = self.fc2(self.act1(self.bn1(self.fc1(x_gap))))
+        x_attn = F.softmax(x_attn.view(b, 1, self.radix, -1).transpose(1, 2), dim=1).reshape(b, -1)
+        x_attn = x_attn.view((b, -1, 1, 1)).reshape((b, self.radix, rc // self.radix, 1, 1))
+        return (x * x_attn).sum(dim=1).contiguous()
+
+
+class PaddedStem(nn.Module):
+    """timm's HGNetV2 stem: ``F.pad`` by one on the right and bottom before a 2x2 max pool of stride 1, beside a
+    conv of the map padded by reflection. ``value`` fills the first pad (HGNetV2's is 0)."""
+
+    def __init__(self, c: int, value: float = 0.0) -> None:
+        super().__init__()
+        self.value = value
+        self.pool = nn.MaxPool2d(2, 1, ceil_mode=True)
+        self.conv = nn.Conv2d(c, c, 3, 1, 0, bias=False)
+        self.bn = BatchNormAct2d(c)
+        self.mix = ConvNormAct(2 * c, c, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.pool(F.pad(x, (0, 1, 0, 1), value=self.value))
+        convolved = self.bn(self.conv(F.pad(x, (1, 1, 1, 1), mode="reflect")))
+        return self.mix(torch.cat([pooled, convolved], dim=1))
+
+
 class DenseLayer(nn.Module):
     """torchvision's DenseNet layer: BN-ReLU-conv1x1 (a BN follows it), BN-ReLU-conv3x3 (nothing follows it, no
     bias), its output concatenated to its input."""

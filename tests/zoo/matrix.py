@@ -89,9 +89,6 @@ TIMM = [
 
 # What convert still refuses, and why (the matrix fails when one of these converts, or anything else fails).
 REFUSED: dict[str, str] = {
-    "resnest14d": "split attention sums its radix splits with x.sum(dim=1): a linear reduction convert does not "
-    "make per-stream yet",
-    "hgnetv2_b0": "its stem pads with F.pad (zero padding, linear per stream) which convert does not recognise yet",
     "nf_regnet_b0": "weight-standardised convs (ScaledStdConv2d, a Conv2d subclass with its own forward) are not "
     "converted, and the SE gate then feeds the next block's SE",
     "edgenext_xx_small": "cross-covariance attention (unbind, softmax of q.k) is not linear in the streams: "

@@ -50,6 +50,11 @@ def _shift(dim: int) -> int:
     return dim + 1 if dim >= 0 else dim
 
 
+def _shift_dims(dims: int | Sequence[int]) -> int | tuple[int, ...]:
+    """:func:`_shift` of one dim or of each of several (``sum(dim=(1, 2))``)."""
+    return tuple(map(_shift, dims)) if isinstance(dims, tuple | list) else _shift(dims)
+
+
 class Call(nn.Module):
     """A functional op as a module: ``Call(F.avg_pool2d)(x, 2)`` is ``F.avg_pool2d(x, 2)``."""
 
@@ -216,12 +221,13 @@ class StreamReshape(Foldable):
         return Reshape()
 
 
-# Ops on the dims of a tensor (channel shuffle, CSP/ShuffleNet splits): the argument positions that are dims.
-DIM_OPS = {"transpose": (0, 1), "permute": None, "chunk": (1,), "split": (1,)}  # None: every argument
+# Ops on the dims of a tensor (channel shuffle, CSP/ShuffleNet splits, ResNeSt's sum over its radix): the argument
+# positions that are dims.
+DIM_OPS = {"transpose": (0, 1), "permute": None, "chunk": (1,), "split": (1,), "sum": (0,), "mean": (0,)}  # None: all
 
 
 class DimOp(nn.Module):
-    """Plain ``x.<op>(*args, **kwargs)`` (transpose, permute, chunk, split): the deploy form of
+    """Plain ``x.<op>(*args, **kwargs)`` (transpose, permute, chunk, split, sum, mean): the deploy form of
     :class:`StreamDimOp`."""
 
     def __init__(self, op: str) -> None:
@@ -240,8 +246,9 @@ class DimOp(nn.Module):
 class StreamDimOp(DimOp, Foldable):
     """:class:`DimOp` on every stream: its dims (arguments, given at run time) are dims of one stream's tensor.
 
-    All four ops only move or cut data, so they are linear per stream; chunk and split return a tuple of stream
-    sets."""
+    Each op moves, cuts or adds up data within one stream, so it is linear per stream and the sum of the
+    streams' results is the result of their sum; chunk and split return a tuple of stream sets. sum and mean
+    need their dims given (over every dim they would also add up the streams)."""
 
     def forward(self, x: Tensor, *args, **kwargs):
         positions = DIM_OPS[self.op]
@@ -249,9 +256,9 @@ class StreamDimOp(DimOp, Foldable):
             dims = args[0] if len(args) == 1 and isinstance(args[0], tuple | list) else args
             args = ((0, *map(_shift, dims)),)
         else:
-            args = tuple(_shift(a) if i in positions else a for i, a in enumerate(args))
+            args = tuple(_shift_dims(a) if i in positions else a for i, a in enumerate(args))
         if "dim" in kwargs:
-            kwargs = {**kwargs, "dim": _shift(kwargs["dim"])}
+            kwargs = {**kwargs, "dim": _shift_dims(kwargs["dim"])}
         return super().forward(x, *args, **kwargs)
 
     def fold(self) -> nn.Module:

@@ -32,12 +32,19 @@ _CAT = {torch.cat, torch.concat, torch.concatenate}
 _SHAPE_METHODS = {"size", "dim"}
 _SHAPE_ATTRS = {"shape", "dtype", "device", "ndim"}
 _PASS_METHODS = {"contiguous", "clone"}
-_DIM_FUNCTIONS = {torch.transpose: "transpose", torch.permute: "permute", torch.chunk: "chunk", torch.split: "split"}
-_DIM_METHODS = {"transpose", "permute", "chunk", "split"}
+_DIM_FUNCTIONS = {
+    torch.transpose: "transpose",
+    torch.permute: "permute",
+    torch.chunk: "chunk",
+    torch.split: "split",
+    torch.sum: "sum",
+    torch.mean: "mean",
+}
+_DIM_METHODS = {"transpose", "permute", "chunk", "split", "sum"}
 
 
 def dim_op_name(node: fx.Node) -> str:
-    """Which of transpose/permute/chunk/split a ``dim_op`` node calls."""
+    """Which of transpose/permute/chunk/split/sum/mean a ``dim_op`` (or ``mean``) node calls."""
     return node.target if node.op == "call_method" else _DIM_FUNCTIONS[node.target]
 
 
@@ -124,6 +131,8 @@ def classify(node: fx.Node, module: nn.Module | None) -> str:
         return "div"
     if target in _CAT:
         return "cat"
+    if target is torch.mean:
+        return "mean"
     if target in _DIM_FUNCTIONS:
         return "dim_op"
     if target is operator.getitem:
@@ -132,8 +141,8 @@ def classify(node: fx.Node, module: nn.Module | None) -> str:
         return "flatten"
     if target is torch.reshape:
         return "reshape"
-    if target is torch.mean:
-        return "mean"
+    if target is F.pad:
+        return "pad"
     if target is F.max_pool2d:
         return "maxpool"
     if target in (F.avg_pool2d, F.interpolate):

@@ -442,7 +442,17 @@ class _Rewriter(_GraphState):
         dims = {dims} if isinstance(dims, int) else set(dims or ())
         if len(node.all_input_nodes) == 1 and (dims >= {2, 3} or dims >= {-1, -2}):
             return self.global_pool(node)
-        return self.visit_other(node, module)
+        return self.visit_dim_op(node, module)
+
+    def visit_pad(self, node: fx.Node, module):
+        """``F.pad`` is per stream when it pads with zeros or copies values (reflect, replicate, circular): the
+        padded aggregate is then the sum of the padded streams. A non-zero fill would be added once per stream."""
+        value, mode = node_arg(node, 3, "value", None), node_arg(node, 2, "mode", "constant")
+        if not (is_constant(node_arg(node, 1, "pad")) and is_constant(mode)) or (
+            mode == "constant" and value not in (None, 0)
+        ):
+            return self.visit_other(node, module)
+        return self.visit_per_stream(node, module)
 
     def visit_add(self, node: fx.Node, module, op: str = "add"):
         if len(node.args) != 2 or node.kwargs:  # alpha=..., out=...: not handled
@@ -503,15 +513,19 @@ class _Rewriter(_GraphState):
         return self.install(node, StreamReshape(), node.args), s
 
     def visit_dim_op(self, node: fx.Node, module):
-        """transpose, permute, chunk, split on stream sets: per stream, their dims moved past the stream axis."""
+        """transpose, permute, chunk, split, sum and mean over given dims on stream sets: per stream, their dims
+        moved past the stream axis."""
         x = node.args[0]
         s = self.st(x)
         arguments = [self.st(v) for v in node.all_input_nodes if v is not x]
-        if not isinstance(s, Streams) or set(node.kwargs) - {"dim", "dims"} or arguments.count(PLAIN) != len(arguments):
-            return self.visit_other(node, module)
         name = dim_op_name(node)
+        allowed = {"dim", "keepdim"} if name in ("sum", "mean") else {"dim", "dims"}
+        if not isinstance(s, Streams) or set(node.kwargs) - allowed or arguments.count(PLAIN) != len(arguments):
+            return self.visit_other(node, module)
         kwargs = dict(node.kwargs)
         rest_args = (kwargs.pop("dims"),) if name == "permute" and "dims" in kwargs else tuple(node.args[1:])
+        if name in ("sum", "mean") and node_arg(node, 1, "dim") in (None, (), []):
+            return self.visit_other(node, module)  # over every dim: the streams would be added up too
         self.report.stream_ops.append(self.describe(node))
         new = self.install(node, StreamDimOp(name), (x, *rest_args), kwargs)
         return new, StreamTuple(s.count) if name in ("chunk", "split") else s
