@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
 from nsrep.cli import main
@@ -267,8 +268,8 @@ def test_publish_refuses_a_destination_it_would_spoil(finished_sweep, tmp_path, 
         message = "is a file"
     elif case == "other sweep":
         dest.mkdir()
-        (dest / "spec.yaml").write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
-        message = "holds another sweep"
+        (dest / "spec.yaml").write_text(SPEC.replace("name: tiny", "name: other"))
+        message = "holds the results of sweep 'other', not of 'tiny'"
     elif case == "foreign folder":
         dest.mkdir()
         (dest / "thesis.tex").write_text("\\begin{document}")
@@ -304,3 +305,30 @@ def test_training_seconds_are_medians_so_a_disturbed_epoch_or_seed_does_not_domi
     rows = [{"run": f"seed={s}", "epochs": 4, "epoch_seconds": 0.0} for s in (0, 1)]
     assert _run_seconds(tmp_path, rows[0]) == pytest.approx(8.0)
     assert _run_seconds(tmp_path, rows[1]) == pytest.approx(8.2)  # median epoch 2.05, not the mean 226.5
+
+
+def test_publish_takes_an_amended_spec_of_the_same_sweep(finished_sweep, tmp_path):
+    """A study amended after its pilot (a method added) publishes into the folder of its earlier stages."""
+    out, _ = finished_sweep
+    dest = tmp_path / "published"
+    publish_sweep(out, dest)
+    (dest / "spec.yaml").write_text(SPEC.replace("seeds: [0, 1]", "seeds: [0]"))  # as published before the change
+    publish_sweep(out, dest)
+    assert yaml.safe_load((dest / "spec.yaml").read_text()) == yaml.safe_load((out / "spec.yaml").read_text())
+    assert read_csv(dest / "results.csv") == read_csv(out / "results.csv")
+
+
+def test_published_run_files_are_not_ignored_by_git():
+    """A published folder is meant to be committed: .gitignore's ``runs/`` (run folders hold weights) must not
+    swallow the ``runs/`` inside docs/results/<sweep>/."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    published = "docs/results/some-sweep/runs/seed=0/summary.json"
+    assert subprocess.run(["git", "check-ignore", "-q", published], cwd=repo).returncode == 1
+    assert (
+        subprocess.run(["git", "check-ignore", "-q", "runs/some-sweep/runs/seed=0/checkpoint.pt"], cwd=repo).returncode
+        == 0
+    )

@@ -4,8 +4,9 @@ A study that runs over several sessions (or machines) loses its run folders with
 survive is what the report is made of. The published folder is itself a sweep folder that ``nsrep report``
 reads: the spec copy (and recipe copy), ``results.csv``, and for every finished run its ``config.yaml``,
 ``metrics.jsonl`` and ``summary.json``. Checkpoints, deploy folders and TensorBoard logs stay behind.
-Publishing again refreshes the copies; a run published earlier and missing from this sweep folder (a run
-of an earlier machine) is kept, and ``results.csv`` lists it as long as its ``summary.json`` is there.
+Publishing again refreshes the copies (the spec too, where it was amended under the same sweep name); a run
+published earlier and missing from this sweep folder (a run of an earlier machine) is kept, and
+``results.csv`` lists it as long as its ``summary.json`` is there.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ def _check_destination(sweep: Path, dest: Path) -> None:
     if dest.resolve() == sweep.resolve():
         raise ValueError(f"--publish {str(dest)!r} is the sweep folder itself; give another folder")
     theirs = dest / SPEC_COPY
-    if theirs.is_file() and yaml.safe_load(theirs.read_text()) != yaml.safe_load((sweep / SPEC_COPY).read_text()):
-        raise ValueError(
-            f"{str(dest)!r} holds another sweep's results ({SPEC_COPY} differs from {str(sweep / SPEC_COPY)!r}); "
-            "choose another --publish folder"
-        )
+    if theirs.is_file():  # the same sweep by name; its spec may have been amended since (a study's later stage)
+        name, ours = yaml.safe_load(theirs.read_text()).get("name"), yaml.safe_load((sweep / SPEC_COPY).read_text())
+        if name != ours.get("name"):
+            raise ValueError(
+                f"{str(dest)!r} holds the results of sweep {name!r}, not of {ours.get('name')!r}; "
+                "choose another --publish folder"
+            )
     if dest.is_dir() and any(dest.iterdir()) and not theirs.is_file():
         raise ValueError(f"{str(dest)!r} is not empty and holds no published sweep; choose an empty or new folder")
 
