@@ -32,17 +32,17 @@ def _copy(source: Path, target: Path) -> Path:
     return atomic_write(target, lambda f: f.write(source.read_bytes()))
 
 
-def _check_destination(sweep: Path, dest: Path) -> None:
+def _check_destination(sweep: Path, dest: Path, name: str) -> None:
     if dest.exists() and not dest.is_dir():
         raise ValueError(f"--publish {str(dest)!r} is a file; give a folder (new, or one this sweep published)")
     if dest.resolve() == sweep.resolve():
         raise ValueError(f"--publish {str(dest)!r} is the sweep folder itself; give another folder")
     theirs = dest / SPEC_COPY
     if theirs.is_file():  # the same sweep by name; its spec may have been amended since (a study's later stage)
-        name, ours = yaml.safe_load(theirs.read_text()).get("name"), yaml.safe_load((sweep / SPEC_COPY).read_text())
-        if name != ours.get("name"):
+        published = yaml.safe_load(theirs.read_text()).get("name")
+        if published != name:
             raise ValueError(
-                f"{str(dest)!r} holds the results of sweep {name!r}, not of {ours.get('name')!r}; "
+                f"{str(dest)!r} holds the results of sweep {published!r}, not of {name!r}; "
                 "choose another --publish folder"
             )
     if dest.is_dir() and any(dest.iterdir()) and not theirs.is_file():
@@ -58,7 +58,7 @@ def publish_sweep(sweep_dir: str | os.PathLike, dest: str | os.PathLike) -> list
     sweep, dest = Path(sweep_dir), Path(dest)
     spec = stored_spec(sweep)  # refuses a folder that is not a sweep
     rows = read_results(sweep)
-    _check_destination(sweep, dest)
+    _check_destination(sweep, dest, spec.name)
     written = [_copy(sweep / SPEC_COPY, dest / SPEC_COPY)]
     if (sweep / RECIPE_COPY).is_file():
         written.append(_copy(sweep / RECIPE_COPY, dest / RECIPE_COPY))

@@ -26,6 +26,8 @@ __all__ = ["Cell", "Difference", "SweepReport", "build_report", "mean_std", "pai
 
 REPORT_FILE = "report.md"
 
+RunMetrics = Mapping[str, Sequence[Mapping[str, Any]]]  # a run's name -> its per-epoch records (metrics.jsonl)
+
 
 def _label(row: Mapping[str, Any], keys: Sequence[str], default: str) -> str:
     return ", ".join(f"{k}={row[k]}" for k in keys) if keys else default
@@ -48,6 +50,7 @@ def build_report(
     results = read_results(sweep)
     if not results:
         raise ValueError(f"{str(sweep)!r} has no finished run yet")
+    metrics = {r["run"]: run_metrics(sweep, r["run"]) for r in results}  # read once: the tables and plots share them
     rows_keys, col_keys = spec.report.rows, spec.report.columns
     reference = dict(spec.report.reference if reference is None else reference)
     unknown = set(reference) - set(rows_keys)
@@ -116,8 +119,8 @@ def build_report(
             body.append(
                 (
                     *place,
-                    f"{statistics.median(s for r in runs for s in _epoch_seconds(sweep, r)):.2f}",
-                    f"{statistics.median(_run_seconds(sweep, r) for r in runs):.0f}",
+                    f"{statistics.median(s for r in runs for s in _epoch_seconds(metrics, r)):.2f}",
+                    f"{statistics.median(_run_seconds(metrics, r) for r in runs):.0f}",
                     f"{statistics.fmean(r['peak_memory_mib'] for r in runs):.0f}",
                     f"{runs[0]['train_params']:,}",
                     f"{runs[0]['deploy_params']:,}",
@@ -130,10 +133,10 @@ def build_report(
     files = [atomic_write(sweep / REPORT_FILE, lambda f: f.write(markdown.encode()))]
     if plots:
         files.append(_accuracy_plot(by_cell, row_labels, col_labels, col_keys, sweep / "accuracy.png"))
-        files.append(_curves_plot(sweep, by_cell, row_labels, col_labels, sweep / "learning_curves.png"))
-        files.append(_cost_plot(sweep, by_cell, row_labels, col_labels, sweep / "accuracy_vs_cost.png"))
-        if any(m.get("step_losses") for r in results for m in run_metrics(sweep, r["run"])):
-            files.append(_step_loss_plot(sweep, by_cell, row_labels, col_labels, sweep / "step_losses.png"))
+        files.append(_curves_plot(metrics, by_cell, row_labels, col_labels, sweep / "learning_curves.png"))
+        files.append(_cost_plot(metrics, by_cell, row_labels, col_labels, sweep / "accuracy_vs_cost.png"))
+        if any(m.get("step_losses") for records in metrics.values() for m in records):
+            files.append(_step_loss_plot(metrics, by_cell, row_labels, col_labels, sweep / "step_losses.png"))
     return SweepReport(markdown, files)
 
 
@@ -165,7 +168,7 @@ def _accuracy_plot(
 
 
 def _curves_plot(
-    sweep: Path,
+    metrics: RunMetrics,
     by_cell: Mapping[tuple[str, str], Mapping[int, Mapping[str, Any]]],
     rows: Sequence[str],
     cols: Sequence[str],
@@ -180,8 +183,7 @@ def _curves_plot(
             runs = by_cell.get((row, col), {})
             # {epoch: top-1} of the scored epochs (runs with eval_every > 1 score some epochs only)
             curves = [
-                {m["epoch"]: m["test_top1"] for m in run_metrics(sweep, r["run"]) if "test_top1" in m}
-                for r in runs.values()
+                {m["epoch"]: m["test_top1"] for m in metrics[r["run"]] if "test_top1" in m} for r in runs.values()
             ]
             if not curves:
                 continue
@@ -194,20 +196,20 @@ def _curves_plot(
     return save_png(fig, path)
 
 
-def _epoch_seconds(sweep: Path, run: Mapping[str, Any]) -> list[float]:
+def _epoch_seconds(metrics: RunMetrics, run: Mapping[str, Any]) -> list[float]:
     """Wall seconds of each epoch of a run (its results row's mean, once per epoch, where metrics lack them)."""
-    seconds = [m["epoch_seconds"] for m in run_metrics(sweep, run["run"]) if "epoch_seconds" in m]
+    seconds = [m["epoch_seconds"] for m in metrics[run["run"]] if "epoch_seconds" in m]
     return seconds or [run["epoch_seconds"]] * run["epochs"]
 
 
-def _run_seconds(sweep: Path, run: Mapping[str, Any]) -> float:
+def _run_seconds(metrics: RunMetrics, run: Mapping[str, Any]) -> float:
     """A run's training seconds as its median epoch times its epochs: an epoch slowed by another job on the
     machine does not count more than a quiet one."""
-    return statistics.median(_epoch_seconds(sweep, run)) * run["epochs"]
+    return statistics.median(_epoch_seconds(metrics, run)) * run["epochs"]
 
 
 def _cost_plot(
-    sweep: Path,
+    metrics: RunMetrics,
     by_cell: Mapping[tuple[str, str], Mapping[int, Mapping[str, Any]]],
     rows: Sequence[str],
     cols: Sequence[str],
@@ -222,7 +224,7 @@ def _cost_plot(
             runs = list(by_cell.get((row, col), {}).values())
             if not runs:
                 continue
-            seconds = [_run_seconds(sweep, r) for r in runs]
+            seconds = [_run_seconds(metrics, r) for r in runs]
             middle = statistics.median(seconds)
             top1 = mean_std([r["top1"] for r in runs])
             label = row if len(cols) == 1 else f"{row}, {col}"
@@ -248,7 +250,7 @@ def _cost_plot(
 
 
 def _step_loss_plot(
-    sweep: Path,
+    metrics: RunMetrics,
     by_cell: Mapping[tuple[str, str], Mapping[int, Mapping[str, Any]]],
     rows: Sequence[str],
     cols: Sequence[str],
@@ -265,7 +267,7 @@ def _step_loss_plot(
     for k, (row, col) in enumerate(cells):
         ax = axes[k // per_row][k % per_row]
         for seed, run in sorted(by_cell[(row, col)].items()):
-            losses = [v for m in run_metrics(sweep, run["run"]) for v in m.get("step_losses", [])]
+            losses = [v for m in metrics[run["run"]] for v in m.get("step_losses", [])]
             ax.plot(range(1, len(losses) + 1), losses, lw=0.6, label=f"seed {seed}")
         ax.set_title(row if len(cols) == 1 else f"{row}, {col}", fontsize=8)
         ax.set(xlabel="optimiser step", ylabel="training loss")
