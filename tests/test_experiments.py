@@ -20,6 +20,7 @@ from nsrep.experiments import (
     load_spec,
     mean_std,
     paired_difference,
+    pairwise_differences,
     parse_shard,
     publish_sweep,
     run_sweep,
@@ -125,6 +126,11 @@ def test_report_statistics_match_an_independent_computation(finished_sweep):
         "step_losses.png",
     }
     assert "train s" in report.markdown
+    assert "Every pair" not in report.markdown
+    pairs = build_report(out, pairs=True, plots=False).markdown
+    assert "Every pair of rows" in pairs
+    assert f"| connectivity=ns − connectivity=block | {diffs.mean():+.2f} [" in pairs
+    assert f"| {diffs.std(ddof=1):.2f} | ±{half:.2f} |" in pairs
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "s / epoch" in report.markdown and "peak MiB" in report.markdown
 
@@ -142,6 +148,19 @@ def test_mean_std_and_paired_difference_by_hand():
     assert not paired_difference({0: 1.0, 1: 3.0}, {0: 2.0, 1: 2.0}).significant
     with pytest.raises(ValueError, match="no seed is shared"):
         paired_difference({0: 1.0}, {1: 1.0})
+    assert d.std == pytest.approx(statistics.stdev(diffs)) and d.half_width == pytest.approx(half)
+    assert math.isnan(paired_difference({0: 2.0}, {0: 1.0}).std)
+
+
+def test_every_pair_is_later_minus_earlier_and_pairs_only_shared_seeds():
+    rows = {"plain": {0: 50.0, 1: 52.0, 2: 51.0}, "block": {0: 51.0, 1: 54.0, 2: 51.5}, "ns": {1: 55.0, 2: 53.0}}
+    pairs = pairwise_differences(rows)
+    assert [(a, b) for a, b, _ in pairs] == [("block", "plain"), ("ns", "plain"), ("ns", "block")]
+    for later, earlier, d in pairs:
+        seeds = sorted(set(rows[later]) & set(rows[earlier]))
+        diffs = [rows[later][s] - rows[earlier][s] for s in seeds]
+        assert (d.mean, d.std, d.n) == pytest.approx((statistics.fmean(diffs), statistics.stdev(diffs), len(seeds)))
+    assert pairwise_differences({"a": {0: 1.0}, "b": {1: 2.0}}) == []  # no shared seed: no pair
 
 
 def test_shards_partition_the_runs(tmp_path):
@@ -191,6 +210,8 @@ def test_sweep_and_report_commands(finished_sweep, capsys):
     assert "# tiny" in text and "Difference to **connectivity=block**" in text
     assert main(["report", str(out), "--reference", "connectivity=ns"]) == 0
     assert "Difference to **connectivity=ns**" in capsys.readouterr().out
+    assert main(["report", str(out), "--pairs"]) == 0
+    assert "connectivity=ns − connectivity=block" in capsys.readouterr().out
     assert main(["report", str(out), "--reference", "family=dbb"]) == 2
     assert "not row keys" in capsys.readouterr().err
     assert main(["report", str(out.parent)]) == 2

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Cell", "Difference", "mean_std", "paired_difference"]
+__all__ = ["Cell", "Difference", "mean_std", "paired_difference", "pairwise_differences"]
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,22 @@ class Cell:
 
 @dataclass(frozen=True)
 class Difference:
-    """Mean paired difference and its 95% confidence interval over ``n`` seeds (nan bounds for n < 2)."""
+    """Mean paired difference and its 95% confidence interval over ``n`` seeds (nan bounds for n < 2).
+
+    ``std`` is the sample std of the per-seed differences (sigma_d), the number that decides how many seeds an
+    interval of a given width needs.
+    """
 
     mean: float
     low: float
     high: float
     n: int
+    std: float = float("nan")
+
+    @property
+    def half_width(self) -> float:
+        """Half the 95% interval's width (nan for n < 2)."""
+        return (self.high - self.low) / 2
 
     @property
     def significant(self) -> bool:
@@ -63,5 +73,20 @@ def paired_difference(values: Mapping[int, float], reference: Mapping[int, float
         return Difference(mean, float("nan"), float("nan"), 1)
     from scipy.stats import t
 
-    half = t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return Difference(mean, mean - half, mean + half, len(diffs))
+    std = statistics.stdev(diffs)
+    half = t.ppf(0.975, len(diffs) - 1) * std / math.sqrt(len(diffs))
+    return Difference(mean, mean - half, mean + half, len(diffs), std)
+
+
+def pairwise_differences(rows: Mapping[str, Mapping[int, float]]) -> list[tuple[str, str, Difference]]:
+    """Every two rows as ``(later, earlier, later - earlier)`` in the rows' order, paired by seed.
+
+    Later minus earlier because a study lists its baseline first; pairs without a shared seed are left out.
+    """
+    labels = list(rows)
+    return [
+        (later, earlier, paired_difference(rows[later], rows[earlier]))
+        for j, later in enumerate(labels)
+        for earlier in labels[:j]
+        if set(rows[later]) & set(rows[earlier])
+    ]

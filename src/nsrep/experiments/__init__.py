@@ -4,7 +4,15 @@ Spec files for the paper's tables (paper scale and CPU scale) live in the reposi
 """
 
 from nsrep.experiments.publish import publish_sweep
-from nsrep.experiments.report import Cell, Difference, SweepReport, build_report, mean_std, paired_difference
+from nsrep.experiments.report import (
+    Cell,
+    Difference,
+    SweepReport,
+    build_report,
+    mean_std,
+    paired_difference,
+    pairwise_differences,
+)
 from nsrep.experiments.spec import ReportSpec, RunPlan, SweepSpec, load_spec, select_plans
 from nsrep.experiments.sweep import (
     SpecStatus,
@@ -31,6 +39,7 @@ __all__ = [
     "load_spec",
     "mean_std",
     "paired_difference",
+    "pairwise_differences",
     "parse_only",
     "parse_shard",
     "publish_sweep",

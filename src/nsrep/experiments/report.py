@@ -3,7 +3,8 @@
 Cells are ``mean ± std (n=seeds)`` of the deployed network's test top-1 (the sample standard deviation,
 ddof 1). Differences to the reference row are paired by seed within each column: the mean of the per-seed
 differences with a 95% confidence interval from Student's t with n-1 degrees of freedom. A difference whose
-interval contains 0 is within the noise of these seeds.
+interval contains 0 is within the noise of these seeds. With ``pairs``, every two rows are compared the same way
+(later minus earlier, in the spec's order), with the std of the per-seed differences (sigma_d) that sizes a study.
 """
 
 from __future__ import annotations
@@ -20,9 +21,17 @@ from nsrep.experiments.sweep import read_results, run_metrics, stored_spec
 from nsrep.fileio import atomic_write
 from nsrep.plotting import pyplot, save_png
 from nsrep.report import markdown_table
-from nsrep.stats import Cell, Difference, mean_std, paired_difference
+from nsrep.stats import Cell, Difference, mean_std, paired_difference, pairwise_differences
 
-__all__ = ["Cell", "Difference", "SweepReport", "build_report", "mean_std", "paired_difference"]
+__all__ = [
+    "Cell",
+    "Difference",
+    "SweepReport",
+    "build_report",
+    "mean_std",
+    "paired_difference",
+    "pairwise_differences",
+]
 
 REPORT_FILE = "report.md"
 
@@ -42,9 +51,14 @@ class SweepReport:
 
 
 def build_report(
-    sweep_dir: str | os.PathLike, *, reference: Mapping[str, Any] | None = None, plots: bool = True
+    sweep_dir: str | os.PathLike,
+    *,
+    reference: Mapping[str, Any] | None = None,
+    pairs: bool = False,
+    plots: bool = True,
 ) -> SweepReport:
-    """Tables (accuracy, differences to the reference, training cost) and plots of a sweep folder."""
+    """Tables (accuracy, differences to the reference, every pair's difference if ``pairs``, training cost)
+    and plots of a sweep folder."""
     sweep = Path(sweep_dir)
     spec = stored_spec(sweep)
     results = read_results(sweep)
@@ -101,6 +115,27 @@ def build_report(
                     cells.append("–")
             body.append((row, *cells))
         lines += markdown_table(("method", *col_labels), body)
+
+    if pairs:
+        lines += [
+            "",
+            "Every pair of rows, later minus earlier in the spec's order, paired by seed: mean [95% CI] (n), * = "
+            "interval excludes 0; σ_d = std of the per-seed differences; ± = the interval's half-width.",
+            "",
+        ]
+        body = []
+        for col in col_labels:
+            top1 = {
+                row: {s: r["top1"] for s, r in by_cell[(row, col)].items()}
+                for row in row_labels
+                if (row, col) in by_cell
+            }
+            for later, earlier, diff in pairwise_differences(top1):
+                place = (f"{later} − {earlier}", col) if col_keys else (f"{later} − {earlier}",)
+                spread = ("–", "–") if diff.n < 2 else (f"{diff.std:.2f}", f"±{diff.half_width:.2f}")
+                body.append((*place, str(diff), *spread))
+        place_header = ("difference", ", ".join(col_keys)) if col_keys else ("difference",)
+        lines += markdown_table((*place_header, "mean [95% CI] (n)", "σ_d", "±"), body)
 
     lines += [
         "",
