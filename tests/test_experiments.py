@@ -351,3 +351,14 @@ def test_published_run_files_are_not_ignored_by_git():
         subprocess.run(["git", "check-ignore", "-q", "runs/some-sweep/runs/seed=0/checkpoint.pt"], cwd=repo).returncode
         == 0
     )
+
+
+def test_row_labels_leave_out_keys_a_method_does_not_set():
+    from nsrep.experiments.report import _label
+
+    keys = ["family", "num_branches", "epochs"]
+    assert _label({"family": "plain", "num_branches": None, "epochs": 200}, keys, "all") == "family=plain, epochs=200"
+    assert _label({"family": "convK", "num_branches": 2, "epochs": 200}, keys, "all") == (
+        "family=convK, num_branches=2, epochs=200"
+    )
+    assert _label({"family": None}, ["family"], "all runs") == "all runs"

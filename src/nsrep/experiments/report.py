@@ -39,7 +39,9 @@ RunMetrics = Mapping[str, Sequence[Mapping[str, Any]]]  # a run's name -> its pe
 
 
 def _label(row: Mapping[str, Any], keys: Sequence[str], default: str) -> str:
-    return ", ".join(f"{k}={row[k]}" for k in keys) if keys else default
+    # a key the method leaves unset (None, e.g. num_branches of plain) says nothing: leaving it out cannot merge
+    # two rows, since any other value still shows
+    return ", ".join(f"{k}={row[k]}" for k in keys if row[k] is not None) or default
 
 
 @dataclass(frozen=True)
