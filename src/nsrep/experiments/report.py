@@ -225,11 +225,14 @@ def _curves_plot(
             if not curves:
                 continue
             epochs = sorted(set.intersection(*(set(c) for c in curves)))
-            mean = [statistics.fmean(c[e] for c in curves) for e in epochs]
-            ax.plot(epochs, mean, color=f"C{i}", label=row)
-        ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=col)
+            cells = [mean_std([c[e] for c in curves]) for e in epochs]
+            ax.plot(epochs, [c.mean for c in cells], color=f"C{i}", label=f"{row} (n={len(curves)})")
+            if len(curves) > 1:  # the seeds' spread: where two curves' bands overlap, the seeds do not separate them
+                low, high = [c.mean - c.std for c in cells], [c.mean + c.std for c in cells]
+                ax.fill_between(epochs, low, high, color=f"C{i}", alpha=0.12, linewidth=0)
+        ax.set(xlabel="epoch", ylabel="test top-1 (%): mean over seeds, band ± std", title=col)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8, loc="lower right")
     return save_png(fig, path)
 
 
