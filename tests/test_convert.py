@@ -455,3 +455,40 @@ def test_transposed_conv_bias_counts_once_on_streams():
     x = _input()()
     converted = nsrep.convert(original, family="dbb", connectivity="ns", init="preserve", example_input=x)
     assert converted.nsrep_conversion.check.max_rel_error <= F64_TOL
+
+
+class StdConv(nn.Conv2d):
+    """A weight-standardised conv (the idea of timm's StdConv2d / ScaledStdConv2d): a ``Conv2d`` subclass whose own
+    forward a unit would not compute."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_conv_subclasses_with_their_own_forward_are_named_and_left_as_they_are():
+    original = nn.Sequential(Conv2dNormActivation(3, 4), StdConv(4, 4, 3, padding=1)).double().eval()
+    with pytest.warns(UserWarning, match=r"1 conv left as it is: StdConv ×1 .*own forward"):
+        converted = nsrep.convert(original, connectivity="ns", init="preserve")
+    report = converted.nsrep_conversion
+    assert [u.conv for u in report.units] == ["0.0"]
+    assert any(line.startswith("'1' (StdConv)") for line in report.unconverted)
+    assert nsrep.verify_equivalence(original, converted, _input()()).max_rel_error <= F64_TOL
+
+
+def test_a_model_without_a_convertible_conv_is_refused():
+    with pytest.raises(ValueError, match=r"no convolution to convert in Sequential: its 2 convs are StdConv ×2"):
+        nsrep.convert(nn.Sequential(StdConv(3, 4, 3), nn.ReLU(), StdConv(4, 4, 3)))
+    with pytest.raises(ValueError, match=r"no convolution to convert in Sequential: it has no torch.nn.Conv2d"):
+        nsrep.convert(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)))
+
+
+def test_a_refusal_names_the_conv_subclasses_it_left_plain():
+    """NF-RegNet's pattern: weight-standardised convs (left plain) between SE blocks, whose first gate then feeds the
+    next SE; the refusal must say that the convs were never converted, not only blame the gate."""
+    model = nn.Sequential(
+        StdConv(3, 4, 3, padding=1), SqueezeExcitation(4, 2), StdConv(4, 4, 3), SqueezeExcitation(4, 2)
+    )
+    with pytest.raises(ValueError, match=r"convert Sequential: 2 convs of it are left as they are: StdConv ×2.*gate"):
+        nsrep.convert(model)

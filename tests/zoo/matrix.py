@@ -263,10 +263,12 @@ PAGE = """# The zoo matrix
 `nsrep.convert` on timm's and torchvision's own models, written by `make test-zoo`
 (`python tests/zoo/matrix.py --out docs/zoo.md` in the zoo environment). Random initialisation, float64,
 two SGD steps before folding. *units / convs*: convs made units of all the model's `Conv2d`s; *kept plain*:
-convs left plain (`biasless_convs="plain"`, even kernels); *fold error*: the eval-mode training form (every
-branch unfolded) vs `fold_into` (the user's class), relative; *preserve error*: `init="preserve"` vs the
-original (checked with `acnet`/`block`). Every `ok` row's folded state dict loaded strictly into a fresh
-instance of the model's class; *s*: seconds for the row (one torch thread, two models at a time).
+convs left plain (`biasless_convs="plain"`, even kernels; `Conv2d` subclasses with their own forward, such as
+`Conv2dSame`, are in neither column: convert leaves them as they are, with a warning); *fold error*: the
+eval-mode training form (every branch unfolded) vs `fold_into` (the user's class), relative; *preserve
+error*: `init="preserve"` vs the original (checked with `acnet`/`block`). Every `ok` row's folded state dict
+loaded strictly into a fresh instance of the model's class; *s*: seconds for the row (one torch thread, two
+models at a time).
 
 {summary}
 

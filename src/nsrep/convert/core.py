@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import Counter
 from dataclasses import replace
 
 import torch
@@ -38,6 +39,9 @@ def convert(
     ``model`` is traced with ``torch.fx`` and every op between units is made stream-aware (see
     :mod:`nsrep.convert.tracing`); what is not stream-aware runs after a stream sum, and what would have to
     feed stream sets again raises ``ValueError`` naming the op and its module. ``model`` is left untouched.
+    Only exact ``nn.Conv2d`` modules become units: a subclass with its own forward (timm's ScaledStdConv2d,
+    Conv2dSame) stays as it is, listed in the report's ``unconverted`` with a warning; a model with no
+    convertible conv at all raises ``ValueError``.
 
     ``init="fresh"``: units start from nsrep's init. ``init="preserve"``: the converted model starts as the
     same function as ``model`` in eval mode (conv and BN copied into each unit's k×k branch, every other
@@ -63,6 +67,7 @@ def convert(
     # Traced in eval mode: code outside torch.nn modules that branches on ``self.training`` (torchvision's
     # StochasticDepth) is frozen at trace time, and its eval form is the one that keeps eval outputs right.
     work = copy.deepcopy(source).eval()
+    own_forward = _own_forward_convs(source)
     try:
         graph_module = trace(work)
     except Exception as err:  # fx raises many kinds; any of them means "no graph"
@@ -80,7 +85,30 @@ def convert(
         converted = walk(work, replace(config, connectivity="block"), init, report, biasless_convs)
     else:
         report = Conversion("fx", family, connectivity, init)
-        converted = rewrite(graph_module, config, init, report, biasless_convs)
+        try:
+            converted = rewrite(graph_module, config, init, report, biasless_convs)
+        except ValueError as err:
+            if not own_forward:
+                raise
+            # the convs left plain may be the real cause (everything around them stays plain): say so
+            raise ValueError(
+                f"nsrep.convert cannot convert {type(source).__name__}: {_count(own_forward)} of it are left as they "
+                f"are: {_kinds(own_forward)} ({_WHY_LEFT}); with them plain, the conversion then fails: {err}"
+            ) from None
+    report.unconverted += [f"{path!r} ({kind}): {_WHY_LEFT}; left as it is" for path, kind in own_forward]
+    if not report.units:
+        found = (
+            f"its {_count(own_forward)} are {_kinds(own_forward)} ({_WHY_LEFT})"
+            if own_forward
+            else "it has no torch.nn.Conv2d"
+        )
+        raise ValueError(f"nsrep.convert found no convolution to convert in {type(source).__name__}: {found}")
+    if own_forward:
+        warnings.warn(
+            f"nsrep.convert: {_count(own_forward)} left as {'it is' if len(own_forward) == 1 else 'they are'}: "
+            f"{_kinds(own_forward)} ({_WHY_LEFT}); they stay plain convolutions, fed the stream sum",
+            stacklevel=2,
+        )
     converted.train(source.training)
     if example_input is not None:
         if init == "preserve":
@@ -91,3 +119,27 @@ def convert(
                 converted.eval()(example_input)
             converted.train(was_training)
     return converted
+
+
+_WHY_LEFT = (
+    "Conv2d subclasses with their own forward, e.g. weight standardisation or dynamic padding, which a unit "
+    "would not compute"
+)
+
+
+def _own_forward_convs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(path, class name)`` of the ``Conv2d`` subclasses whose forward is their own (timm's ScaledStdConv2d,
+    Conv2dSame): nsrep makes units of exact ``nn.Conv2d`` only, so these stay as they are and must be named."""
+    return [
+        (path, type(m).__name__)
+        for path, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and type(m) is not nn.Conv2d and type(m).forward is not nn.Conv2d.forward
+    ]
+
+
+def _count(convs: list) -> str:
+    return f"{len(convs)} conv{'s' if len(convs) != 1 else ''}"
+
+
+def _kinds(convs: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{kind} ×{n}" for kind, n in Counter(kind for _, kind in convs).items())
