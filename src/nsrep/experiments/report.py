@@ -78,6 +78,7 @@ def build_report(
     by_cell: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     for r in results:
         by_cell.setdefault((_label(r, rows_keys, "all runs"), _label(r, col_keys, "top-1 (%)")), {})[r["seed"]] = r
+    top1 = {cell: {seed: r["top1"] for seed, r in runs.items()} for cell, runs in by_cell.items()}  # seed -> top-1
 
     lines = [f"# {spec.name}", "", spec.description.strip(), ""] if spec.description else [f"# {spec.name}", ""]
     lines += [f"Test top-1 (%) of the deployed networks, mean ± std over seeds; {len(results)} finished runs.", ""]
@@ -86,8 +87,8 @@ def build_report(
     for row in row_labels:
         cells = []
         for col in col_labels:
-            runs = by_cell.get((row, col), {})
-            cells.append(str(mean_std([r["top1"] for r in runs.values()])) if runs else "–")
+            values = top1.get((row, col), {})
+            cells.append(str(mean_std(list(values.values()))) if values else "–")
         body.append((row, *cells))
     lines += markdown_table(header, body)
 
@@ -104,15 +105,9 @@ def build_report(
                 continue
             cells = []
             for col in col_labels:
-                runs, ref_runs = by_cell.get((row, col), {}), by_cell.get((ref_label, col), {})
-                if runs and ref_runs and set(runs) & set(ref_runs):
-                    cells.append(
-                        str(
-                            paired_difference(
-                                {s: r["top1"] for s, r in runs.items()}, {s: r["top1"] for s, r in ref_runs.items()}
-                            )
-                        )
-                    )
+                values, ref_values = top1.get((row, col), {}), top1.get((ref_label, col), {})
+                if set(values) & set(ref_values):
+                    cells.append(str(paired_difference(values, ref_values)))
                 else:
                     cells.append("–")
             body.append((row, *cells))
@@ -127,12 +122,8 @@ def build_report(
         ]
         body = []
         for col in col_labels:
-            top1 = {
-                row: {s: r["top1"] for s, r in by_cell[(row, col)].items()}
-                for row in row_labels
-                if (row, col) in by_cell
-            }
-            for later, earlier, diff in pairwise_differences(top1):
+            column = {row: top1[(row, col)] for row in row_labels if (row, col) in top1}
+            for later, earlier, diff in pairwise_differences(column):
                 place = (f"{later} − {earlier}", col) if col_keys else (f"{later} − {earlier}",)
                 spread = ("–", "–") if diff.n < 2 else (f"{diff.std:.2f}", f"±{diff.half_width:.2f}")
                 body.append((*place, str(diff), *spread))
